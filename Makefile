@@ -1,0 +1,36 @@
+# Two entry points: `make demo` (the main job end to end) and `make test` (the full suite).
+# Both create .venv and install what they need. Override the torch spec with e.g.
+#   make test TORCH_SPEC="torch==2.5.1 --index-url https://download.pytorch.org/whl/cpu"
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+DEMO := demo
+
+.PHONY: install demo test lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+install: $(BIN)/python
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q $(TORCH_SPEC)
+	$(BIN)/pip install -q -e ".[dev]"
+
+demo: install
+	rm -rf $(DEMO)
+	$(BIN)/dcollapse synth ctr --out $(DEMO)/raw.csv --rows 60000 --fields 12 --seed 0
+	$(BIN)/dcollapse preprocess $(DEMO)/raw.csv --format csv --label label --out $(DEMO)/data
+	$(BIN)/dcollapse train $(DEMO)/data --model fm --arch none --epochs 4 --out $(DEMO)/fm.pt
+	$(BIN)/dcollapse train $(DEMO)/data --model fm --arch parallel --epochs 4 --out $(DEMO)/deepfm.pt
+	$(BIN)/dcollapse spectrum $(DEMO)/deepfm.pt
+	$(BIN)/dcollapse compare $(DEMO)/fm.pt $(DEMO)/deepfm.pt
+
+lint: install
+	$(BIN)/ruff check .
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -n 2
+
+clean:
+	rm -rf $(VENV) $(DEMO) build *.egg-info

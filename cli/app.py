@@ -1,0 +1,47 @@
+"""The ``dcollapse`` Typer application: each subcommand lives in its own module with a ``register(app)``."""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+from dcollapse import __version__
+
+app = typer.Typer(
+    name="dcollapse",
+    help="Measure dimensional collapse of embeddings in feature-interaction models, and whether DNNs help.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"dcollapse {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """Measure dimensional collapse of embeddings in feature-interaction models, and whether DNNs help."""
+
+
+# One module per subcommand (group), each with ``register(app)``; the order here is the order in --help.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def _register_all() -> None:
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"dcollapse.cli.{name}").register(app)
+
+
+_register_all()
+
+
+def main() -> None:
+    app()

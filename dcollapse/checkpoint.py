@@ -1,0 +1,53 @@
+"""The checkpoint format: one ``torch.save`` file of plain data, read with ``weights_only=True``.
+
+    {"format": "dcollapse.checkpoint", "version": 1, "config": {...}, "meta": {...},
+     "state_dict": {...}, "history": [...], "data": {"path": str, "hash": str}, ...}
+
+Extra top-level keys (e.g. ``"test"`` metrics, ``"kind"``) are allowed; the five above are required.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dcollapse.errors import UserError
+from dcollapse.io import atomic_path
+
+FORMAT = "dcollapse.checkpoint"
+VERSION = 1
+REQUIRED = ("config", "meta", "state_dict", "history")
+
+
+def save(path: str | Path, checkpoint: dict[str, Any]) -> None:
+    """Write ``checkpoint`` (format and version added) to ``path`` atomically."""
+    payload = {"format": FORMAT, "version": VERSION, **checkpoint}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Read and validate a checkpoint; any foreign or unsafe file raises a one-line :class:`UserError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such checkpoint file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
+        raise UserError(f"{path}: refused to load: not a plain-data dcollapse checkpoint ({first[:120]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a dcollapse checkpoint ({type(exc).__name__})") from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise UserError(f"{path}: not a dcollapse checkpoint (no format tag {FORMAT!r})")
+    version = obj.get("version")
+    if not isinstance(version, int) or version > VERSION:
+        raise UserError(f"{path}: checkpoint version {version!r} is newer than this dcollapse reads ({VERSION})")
+    missing = [key for key in REQUIRED if key not in obj]
+    if missing:
+        raise UserError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    return obj

@@ -1,0 +1,52 @@
+"""Atomic output: a crash or a bad input never leaves a half-written file or directory."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from dcollapse.errors import UserError
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | Path, *, directory: bool = False, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; on success rename it onto ``target``.
+
+    On any exception the temporary file or directory is removed and ``target`` is untouched.
+    With ``directory=True`` the yielded path is an empty directory. ``overwrite=False`` refuses an
+    existing target with a :class:`UserError` before anything is written.
+    """
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise UserError(f"{target}: already exists (pass --overwrite to replace it)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if directory:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+    except BaseException:
+        _remove(tmp)
+        raise
+    if directory and target.exists():
+        old = target.with_name(f".{target.name}.old")
+        _remove(old)
+        target.rename(old)
+        tmp.rename(target)
+        _remove(old)
+    else:
+        os.replace(tmp, target)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists():
+        path.unlink()

@@ -1,0 +1,1 @@
+"""Collapse metrics: spectra of embedding tables, batch representations and gradients."""

@@ -1,0 +1,62 @@
+"""Singular spectra and the scalar collapse metrics computed from them.
+
+All spectra in dcollapse go through :func:`singular_values` (one matrix) or
+:func:`batched_singular_values` (many), so the Triton spectrum kernel can serve every caller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+RANKME_EPS = 1e-7
+
+
+def singular_values(matrix: torch.Tensor) -> torch.Tensor:
+    """Singular values, descending, float64 [min(n, k)] of a matrix [n, k]."""
+    return torch.linalg.svdvals(matrix.detach().to(torch.float64))
+
+
+def batched_singular_values(matrices: torch.Tensor) -> torch.Tensor:
+    """Singular values, descending, float64 [M, min(n, k)] of a stack of matrices [M, n, k]."""
+    return torch.linalg.svdvals(matrices.detach().to(torch.float64))
+
+
+def rankme(s: torch.Tensor) -> float:
+    """Entropy effective rank: p = s / sum(s) + 1e-7, RankMe = exp(-sum p log p)."""
+    p = s / s.sum() + RANKME_EPS
+    return float(torch.exp(-(p * torch.log(p)).sum()))
+
+
+def information_abundance(s: torch.Tensor) -> float:
+    """IA = sum(s) / max(s), in [1, len(s)] (Guo et al. 2024)."""
+    return float(s.sum() / s.max())
+
+
+def stable_rank(s: torch.Tensor) -> float:
+    """sum(s^2) / max(s)^2."""
+    return float((s**2).sum() / s.max() ** 2)
+
+
+def count_above(s: torch.Tensor, rel: float = 1e-3) -> int:
+    """How many singular values exceed ``rel`` times the largest."""
+    return int((s > rel * s.max()).sum())
+
+
+@dataclass
+class SpectrumStats:
+    """Collapse metrics of one spectrum; ``normalized`` = s / s_1 (descending)."""
+
+    rankme: float
+    ia: float
+    stable_rank: float
+    above_1e3: int
+    normalized: list[float]
+
+    @classmethod
+    def from_singular_values(cls, s: torch.Tensor) -> SpectrumStats:
+        s = s.to(torch.float64)
+        if s.numel() == 0 or float(s.max()) == 0.0:
+            return cls(0.0, 0.0, 0.0, 0, [0.0] * s.numel())
+        return cls(rankme(s), information_abundance(s), stable_rank(s), count_above(s), (s / s.max()).tolist())
