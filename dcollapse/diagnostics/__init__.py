@@ -1,0 +1,1 @@
+"""Diagnostics beyond embedding spectra: AGOP, neural collapse, Deep RFM, richness and interactions."""
