@@ -1,1 +1,12 @@
-"""Triton kernels and their pure-PyTorch references (installed as ``dcollapse.kernels``; imports torch/triton only)."""
+"""Triton kernels and their PyTorch references (installed as ``dcollapse.kernels``; imports only torch and triton).
+
+Every public op dispatches on its inputs: CUDA tensors run Triton, CPU tensors run the reference
+(see :mod:`dcollapse.kernels.dispatch`).
+"""
+
+from dcollapse.kernels.cross import cross_layer
+from dcollapse.kernels.dot import fused_pairwise_dot, pairwise_dot
+from dcollapse.kernels.fm import bi_interaction, fused_bi_interaction
+from dcollapse.kernels.lookup import lookup
+
+__all__ = ["bi_interaction", "cross_layer", "fused_bi_interaction", "fused_pairwise_dot", "lookup", "pairwise_dot"]
