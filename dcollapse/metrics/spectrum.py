@@ -23,6 +23,24 @@ def batched_singular_values(matrices: torch.Tensor) -> torch.Tensor:
     return torch.linalg.svdvals(matrices.detach().to(torch.float64))
 
 
+def field_singular_values(table: torch.Tensor, offsets: torch.Tensor, chunk_rows: int = 1 << 20) -> torch.Tensor:
+    """Singular values, descending, float64 [F, d] of each field's block of one concatenated table [R, d].
+
+    Field f owns rows ``offsets[f]`` up to ``offsets[f + 1]`` (the last field up to R). A field with fewer
+    than d rows has zeros past its rank. Each field's Gram matrix E_f^T E_f [d, d] is accumulated in float64
+    over row chunks, then all F are solved at once: s = sqrt(clamp(eigvalsh(G), 0)).
+    """
+    rows, dim = table.shape
+    ends = [*offsets.tolist()[1:], rows]
+    grams = torch.zeros(len(ends), dim, dim, dtype=torch.float64, device=table.device)
+    for f, (start, end) in enumerate(zip(offsets.tolist(), ends, strict=True)):
+        for lo in range(start, end, chunk_rows):
+            block = table[lo : min(lo + chunk_rows, end)].detach().to(torch.float64)
+            grams[f] += block.T @ block
+    eigenvalues = torch.linalg.eigvalsh(grams)
+    return eigenvalues.clamp_min(0).sqrt().flip(-1)
+
+
 def rankme(s: torch.Tensor) -> float:
     """Entropy effective rank: p = s / sum(s) + 1e-7, RankMe = exp(-sum p log p)."""
     p = s / s.sum() + RANKME_EPS
