@@ -1,0 +1,256 @@
+"""Harsanyi AND-OR interactions: transforms against brute-force definitions, closed forms, sparse extraction."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dcollapse.diagnostics import harsanyi as H
+from dcollapse.errors import UserError
+
+# Independent references: loops over explicit subsets (frozensets), float64 numpy.
+
+
+def _subsets(n):
+    return [frozenset(i for i in range(n) if t >> i & 1) for t in range(2**n)]
+
+
+def _index(s):
+    return sum(1 << i for i in s)
+
+
+def _dense_and(n):
+    """Dense reward -> I_and matrix straight from the definition."""
+    sets = _subsets(n)
+    mat = np.zeros((2**n, 2**n))
+    for a, s in enumerate(sets):
+        for b, t in enumerate(sets):
+            if t <= s:
+                mat[a, b] = (-1) ** (len(s) - len(t))
+    return mat
+
+
+def _dense_or(n):
+    """Dense reward -> I_or matrix: I_or(S) = -sum_{T subset S} (-1)^{|S|-|T|} v(N minus T), I_or(empty) = v(empty)."""
+    sets = _subsets(n)
+    full = frozenset(range(n))
+    mat = np.zeros((2**n, 2**n))
+    mat[0, 0] = 1.0
+    for a, s in enumerate(sets):
+        if not s:
+            continue
+        for t in sets:
+            if t <= s:
+                mat[a, _index(full - t)] = -((-1) ** (len(s) - len(t)))
+    return mat
+
+
+def _brute_reconstruct(iand, ior, n):
+    """v'(T) = sum_{S subset T} I_and(S) + I_or(empty) + sum_{S non-empty, S cap T non-empty} I_or(S)."""
+    sets = _subsets(n)
+    out = np.zeros(2**n)
+    for a, t in enumerate(sets):
+        out[a] = sum(iand[b] for b, s in enumerate(sets) if s <= t) + ior[0]
+        out[a] += sum(ior[b] for b, s in enumerate(sets) if s and s & t)
+    return out
+
+
+@pytest.mark.parametrize("n", [1, 3, 5, 8])
+def test_fast_transforms_equal_dense_definitions(n):
+    rng = np.random.default_rng(n)
+    v = rng.normal(size=(2**n, 3))
+    tv = torch.from_numpy(v)
+    np.testing.assert_allclose(H.and_interactions(tv).numpy(), _dense_and(n) @ v, atol=1e-10)
+    np.testing.assert_allclose(H.or_interactions(tv).numpy(), _dense_or(n) @ v, atol=1e-10)
+    np.testing.assert_allclose(H.moebius_transpose(tv).numpy(), _dense_and(n).T @ v, atol=1e-10)
+    np.testing.assert_allclose(H._or_transpose(tv).numpy(), _dense_or(n).T @ v, atol=1e-10)
+    np.testing.assert_allclose(H.zeta(H.moebius(tv)).numpy(), v, atol=1e-10)
+
+
+def test_subset_index_matches_bits():
+    masks = H.subset_masks(4)
+    assert masks.shape == (16, 4)
+    assert masks[0b1010].tolist() == [False, True, False, True]
+    assert H.subset_orders(4)[0b1011] == 3
+    assert H.subset_players(0b1011, 4) == [0, 1, 3]
+
+
+def test_product_has_a_single_and_interaction_at_the_full_set():
+    n = 6
+    x = np.array([1.5, -2.0, 0.7, 3.0, -1.1, 0.4])
+    masks = H.subset_masks(n).numpy()
+    v = torch.from_numpy(np.prod(np.where(masks, x, 0.0), axis=1))  # baseline 0
+    iand = H.harsanyi(v).iand[:, 0]
+    expected = np.zeros(2**n)
+    expected[-1] = np.prod(x)
+    np.testing.assert_allclose(iand.numpy(), expected, atol=1e-12)
+
+
+def test_planted_ground_truth_and_interactions():
+    # v(x) = 2 x1 x2 + x3 + 0.5 x4 x5 x6 (players 0..5) plus two irrelevant players, binary input, baseline 0.
+    n = 8
+
+    def value(mask):
+        x = mask.to(torch.float64)
+        return (2 * x[:, 0] * x[:, 1] + x[:, 2] + 0.5 * x[:, 3] * x[:, 4] * x[:, 5])[:, None]
+
+    v = H.masked_outputs(value, n, masks_per_call=37)
+    iand = H.harsanyi(v).iand[:, 0]
+    expected = torch.zeros(2**n, dtype=torch.float64)
+    expected[_index({0, 1})] = 2.0
+    expected[_index({2})] = 1.0
+    expected[_index({3, 4, 5})] = 0.5
+    torch.testing.assert_close(iand, expected, atol=1e-12, rtol=0)
+    assert float(iand.sum()) == pytest.approx(float(v[-1, 0]))  # efficiency: sum of I_and = v(x_N)
+
+
+def _random_mlp_values(n, samples, seed):
+    """v(x_T) of a random tanh MLP on n inputs with baseline 0, for ``samples`` random inputs: [2^n, samples]."""
+    gen = torch.Generator().manual_seed(seed)
+    mlp = torch.nn.Sequential(torch.nn.Linear(n, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1)).double()
+    for p in mlp.parameters():
+        p.data = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+    x = torch.randn(samples, n, generator=gen, dtype=torch.float64)
+
+    def value(mask):
+        return mlp(mask.to(torch.float64)[:, None, :] * x[None]).squeeze(-1)  # [M, samples]
+
+    return H.masked_outputs(value, n)
+
+
+def test_universal_matching_on_random_mlp():
+    n = 8
+    v = _random_mlp_values(n, 4, seed=0)
+    rng = np.random.default_rng(0)
+    for result in (
+        H.harsanyi(v),
+        H.and_or(v),
+        H.and_or(v, torch.from_numpy(rng.normal(size=v.shape)), torch.from_numpy(rng.normal(size=v.shape))),
+    ):
+        assert (result.reconstruct() - (v + result.q)).abs().max() < 1e-5
+    # the fast reconstruction equals the brute-force universal-matching sum
+    r = H.and_or(v[:, :1], torch.from_numpy(rng.normal(size=(2**n, 1))))
+    brute = _brute_reconstruct(r.iand[:, 0].numpy(), r.ior[:, 0].numpy(), n)
+    np.testing.assert_allclose(brute, r.reconstruct()[:, 0].numpy(), atol=1e-9)
+
+
+def _dense_sparse_reference(v, lr, niter, tau):
+    """The spec's extraction with dense matrices and torch autograd/SGD (float64), one sample v [2^n]."""
+    n = int(math.log2(v.shape[0]))
+    m_and = torch.from_numpy(_dense_and(n))
+    m_or = torch.from_numpy(_dense_or(n))
+    gamma = torch.zeros_like(v, requires_grad=True)
+    q = torch.zeros_like(v, requires_grad=True)
+    opt = torch.optim.SGD([gamma, q], lr=lr, momentum=0.9)
+    bound = tau * (v[-1] - v[0]).abs()
+    for rate in np.logspace(np.log10(lr), np.log10(lr) - 1, niter):
+        opt.param_groups[0]["lr"] = float(rate)
+        opt.zero_grad()
+        half = 0.5 * (v + q)
+        loss = (m_and @ (half + gamma)).abs().sum() + (m_or @ (half - gamma)).abs().sum()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            q.clamp_(-bound, bound)
+    return gamma.detach(), q.detach()
+
+
+def test_sparse_extraction_matches_dense_autograd_reference():
+    v = _random_mlp_values(5, 2, seed=3)
+    ours = H.sparse_and_or(v, lr=1e-3, niter=200, tau=0.04)
+    for s in range(2):
+        gamma, q = _dense_sparse_reference(v[:, s], lr=1e-3, niter=200, tau=0.04)
+        torch.testing.assert_close(ours.gamma[:, s], gamma, atol=1e-9, rtol=0)
+        torch.testing.assert_close(ours.q[:, s], q, atol=1e-9, rtol=0)
+
+
+def test_sparse_extraction_is_sparser_and_still_matches():
+    n = 8
+    v = _random_mlp_values(n, 3, seed=1)
+    dense = H.and_or(v)
+    sparse = H.sparse_and_or(v, lr=1e-4, niter=1500, tau=0.04)
+    assert (sparse.reconstruct() - (v + sparse.q)).abs().max() < 1e-5
+    bound = 0.04 * (v[-1] - v[0]).abs()
+    assert bool((sparse.q.abs() <= bound + 1e-12).all())
+    assert float(sparse.strengths().sum()) < 0.8 * float(dense.strengths().sum())
+
+
+def test_order_distribution_on_known_interactions():
+    n = 4
+    iand = torch.zeros(2**n, 2, dtype=torch.float64)
+    iand[0] = 7.0  # the empty set is ignored
+    iand[_index({0, 1}), 0] = 3.0
+    iand[_index({2}), 1] = -1.0
+    ior = torch.zeros_like(iand)
+    ior[_index({0, 1, 2}), 0] = -2.0
+    result = H.AndOr(n, torch.zeros_like(iand), torch.zeros_like(iand), torch.zeros_like(iand), iand, ior)
+    dist = H.order_distribution(result)
+    # per-sample means: order 1: -0.5; order 2: +1.5; order 3: -1.0; total 3.0
+    assert dist.total == pytest.approx(3.0)
+    assert dist.positive == pytest.approx([0.0, 0.5, 0.0, 0.0])
+    assert dist.negative == pytest.approx([-1 / 6, 0.0, -1 / 3, 0.0])
+    assert sum(dist.strength) == pytest.approx(1.0)
+    assert dist.mass_from(2) == pytest.approx(5 / 6)
+    top = H.top_interactions(result, k=2)
+    assert [(t.kind, t.players) for t in top] == [("and", [0, 1]), ("or", [0, 1, 2])]
+    assert top[0].mean == pytest.approx(1.5) and top[0].salient_share == pytest.approx(0.5)
+
+
+def test_salient_fraction_counts_per_sample():
+    n = 3
+    iand = torch.zeros(2**n, 1, dtype=torch.float64)
+    iand[1:4, 0] = torch.tensor([10.0, 0.4, 0.6])  # 0.4 < 5% of 10 < 0.6
+    result = H.AndOr(n, iand, iand, iand, iand, torch.zeros_like(iand))
+    assert H.salient_mask(result)[:4, 0].tolist() == [False, True, False, True]
+    assert H.salient_fraction(result) == pytest.approx(2 / 16)
+
+
+def _dist_with_high_mass(n, high):
+    """A distribution with mass 1 - high at order 1 and ``high`` at order n."""
+    return H.OrderDistribution([1 - high] + [0.0] * (n - 2) + [high], [0.0] * n, 1.0)
+
+
+def test_two_phase_detector():
+    n = 10
+    masses = [0.5, 0.3, 0.2, 0.25, 0.4]
+    found = H.detect_two_phase([1, 2, 3, 4, 5], [_dist_with_high_mass(n, m) for m in masses])
+    assert found.from_order == 5 and found.boundary_epoch == 3 and found.two_phase
+    assert found.high_order_mass == pytest.approx(masses)
+    assert found.drop == pytest.approx(0.3) and found.rise == pytest.approx(0.2)
+    falling = H.detect_two_phase([1, 2, 3], [_dist_with_high_mass(n, m) for m in (0.5, 0.4, 0.3)])
+    assert falling.boundary_epoch == 3 and not falling.two_phase
+    with pytest.raises(UserError):
+        H.detect_two_phase([1], [_dist_with_high_mass(n, 0.5)], from_order=11)
+
+
+def test_loss_gap_onset():
+    history = [
+        {"epoch": 1, "train_loss": 0.60, "valid_logloss": 0.58},
+        {"epoch": 2, "train_loss": 0.50, "valid_logloss": 0.45},
+        {"epoch": 3, "train_loss": 0.40, "valid_logloss": 0.44},
+        {"epoch": 4, "train_loss": 0.30, "valid_logloss": 0.50},
+    ]
+    gap = H.loss_gap(history)
+    assert gap.gap == pytest.approx([-0.02, -0.05, 0.04, 0.20])
+    assert gap.onset_epoch == 2
+
+
+def test_bad_sizes_are_user_errors():
+    with pytest.raises(UserError):
+        H.moebius(torch.zeros(6))
+    with pytest.raises(UserError):
+        H.masked_outputs(lambda m: m.sum(1), 13)
+
+
+def test_masked_outputs_chunks_cover_every_subset_once():
+    calls = []
+
+    def value(mask):
+        calls.append(mask.shape[0])
+        return torch.tensor([_index({i for i, b in enumerate(row) if b}) for row in mask.tolist()])
+
+    out = H.masked_outputs(value, 5, masks_per_call=7)
+    assert out.tolist() == list(range(32)) and sum(calls) == 32 and max(calls) == 7
