@@ -1,0 +1,221 @@
+"""CTRModel: FieldEmbedding -> interaction (fm | crossnet | dot) -> arch (none | parallel | stacked DNN) -> head.
+
+The compositions, ``style="paper"`` (the source paper's code; the default):
+
+    model     none                   parallel                          stacked
+    fm        sum_d p (no bias)      Linear([p, MLP(flat E)])          Linear(MLP(p))                 (FM/DeepFM/NFM)
+    crossnet  Linear(cross(x0))      Linear([cross(x0), MLP(x0)])      Linear(MLP(cross(x0)))
+    dot       Linear(dots)           Linear([dots, MLP(flat E)])       Linear(MLP([flat E, dots]))
+
+with p = sum_{i<j} e_i * e_j [B, d], x0 = flat E [B, F*d], dots = <e_i, e_j> for i < j [B, F(F-1)/2].
+``style="textbook"`` changes only the FM backbone: a first-order term sum_f w[id_f] and a bias are added, and
+DeepFM is the sum of the FM logit and the DNN logit (head weights on p fixed to 1).
+
+Every model is ``logits = head(hidden(E)).squeeze(-1)`` (+ the textbook first-order term, which depends on the ids
+only). ``head`` is an ``nn.Linear(H, 1)``; weights fixed to 1 are excluded from training.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional
+
+from dcollapse.errors import UserError
+from dcollapse.kernels import lookup
+from dcollapse.models.embedding import FieldEmbedding
+from dcollapse.models.interactions import BiInteraction, CrossNet, DotInteraction
+from dcollapse.models.mlp import ACTIVATIONS, MLP, NORMS
+
+MODEL_DEFAULTS: dict[str, Any] = {
+    "model": "fm",
+    "arch": "none",
+    "emb_dim": 16,
+    "dnn": [400, 400, 400],
+    "activation": "relu",
+    "norm": "none",
+    "dropout": 0.0,
+    "residual": False,
+    "cross_layers": 3,
+    "cross_rank": 0,
+    "num_sets": 1,
+    "style": "paper",
+}
+CHOICES = {
+    "model": ("fm", "crossnet", "dot"),
+    "arch": ("none", "parallel", "stacked"),
+    "style": ("paper", "textbook"),
+    "activation": tuple(ACTIVATIONS),
+    "norm": tuple(NORMS),
+}
+DETACH = (None, "dnn", "interaction")
+
+
+class Head(nn.Linear):
+    """Linear(H, 1) whose first ``fixed`` input weights are 1 and never trained (the FM sum over d as a logit).
+
+    With every weight fixed the weight has ``requires_grad=False``; otherwise the fixed part is detached in forward.
+    """
+
+    def __init__(self, in_dim: int, fixed: int = 0, bias: bool = True) -> None:
+        super().__init__(in_dim, 1, bias=bias)
+        self.fixed = fixed
+        if fixed:
+            with torch.no_grad():
+                self.weight[:, :fixed] = 1.0
+        if fixed == in_dim:
+            self.weight.requires_grad_(False)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """[B, 1] from h [B, H]."""
+        weight = self.weight
+        if 0 < self.fixed < self.in_features:
+            weight = torch.cat([weight[:, : self.fixed].detach(), weight[:, self.fixed :]], dim=1)
+        return functional.linear(h, weight, self.bias)
+
+
+def model_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The model keys of ``config`` with defaults filled in, validated (bad values raise a one-line UserError)."""
+    c = {key: config.get(key, default) for key, default in MODEL_DEFAULTS.items()}
+    for key, allowed in CHOICES.items():
+        if c[key] not in allowed:
+            raise UserError(f"{key} must be one of {', '.join(allowed)}, not {c[key]!r}")
+    c["dnn"] = [int(width) for width in c["dnn"]]
+    for key in ("emb_dim", "num_sets", "cross_layers"):
+        if int(c[key]) < 1:
+            raise UserError(f"{key} must be >= 1, not {c[key]}")
+    if int(c["cross_rank"]) < 0:
+        raise UserError(f"cross_rank must be >= 0 (0 = full rank), not {c['cross_rank']}")
+    if not 0.0 <= float(c["dropout"]) < 1.0:
+        raise UserError(f"dropout must be in [0, 1), not {c['dropout']}")
+    if c["arch"] != "none" and (not c["dnn"] or min(c["dnn"]) < 1):
+        raise UserError(f"arch {c['arch']} needs a DNN: give positive hidden widths, e.g. dnn = [400, 400, 400]")
+    return c
+
+
+class CTRModel(nn.Module):
+    """A feature-interaction CTR model over F categorical fields (see the module docstring for the compositions)."""
+
+    def __init__(self, config: dict[str, Any], vocab_sizes: list[int]) -> None:
+        super().__init__()
+        c = model_config(config)
+        self.config = c
+        self.model, self.arch, self.style = c["model"], c["arch"], c["style"]
+        self.embedding = FieldEmbedding(vocab_sizes, int(c["emb_dim"]), int(c["num_sets"]))
+        F, d, k = len(vocab_sizes), int(c["emb_dim"]), int(c["num_sets"])
+        if self.model == "fm":
+            self.interaction = BiInteraction(F, d, k)
+        elif self.model == "dot":
+            self.interaction = DotInteraction(F, d, k)
+        else:
+            self.interaction = CrossNet(F, d, k, int(c["cross_layers"]), int(c["cross_rank"]))
+        z_dim, flat_dim = self.interaction.out_dim, F * d * k
+
+        self.mlp: MLP | None = None
+        mlp = {"activation": c["activation"], "norm": c["norm"], "dropout": float(c["dropout"])}
+        mlp["residual"] = bool(c["residual"])
+        if self.arch == "parallel":
+            self.mlp = MLP(flat_dim, c["dnn"], **mlp)
+            hidden_dim = z_dim + self.mlp.out_dim
+        elif self.arch == "stacked":
+            self.mlp = MLP(z_dim + (flat_dim if self.model == "dot" else 0), c["dnn"], **mlp)
+            hidden_dim = self.mlp.out_dim
+        else:
+            hidden_dim = z_dim
+
+        textbook_fm = self.model == "fm" and self.style == "textbook"
+        fm_sum = self.model == "fm" and (self.arch == "none" or (textbook_fm and self.arch == "parallel"))
+        fm_only_paper = self.model == "fm" and self.arch == "none" and self.style == "paper"
+        self.head = Head(hidden_dim, fixed=z_dim if fm_sum else 0, bias=not fm_only_paper)
+        self.first_order = nn.Parameter(torch.zeros(sum(vocab_sizes), 1)) if textbook_fm else None
+        # E reaches the logit only through the interaction: forward(ids) can use the fused lookup+interaction op.
+        only_interaction_reads_e = self.arch == "none" or (self.arch == "stacked" and self.model != "dot")
+        self._fused = self.interaction.fusable and only_interaction_reads_e
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """E [B, F, d_total] from local ids int [B, F]."""
+        return self.embedding(ids)
+
+    def hidden(self, E: torch.Tensor, detach: str | None = None) -> torch.Tensor:
+        """The representation [B, H] that ``head`` reads, from E [B, F, d_total].
+
+        ``detach="dnn"`` detaches E where the DNN reads it directly, ``detach="interaction"`` where the interaction
+        reads it; the two resulting gradients with respect to E sum to the full gradient.
+        """
+        if detach not in DETACH:
+            raise ValueError(f"detach must be None, 'dnn' or 'interaction', not {detach!r}")
+        z = self.interaction(E.detach() if detach == "interaction" else E)
+        return self._compose(z, E.detach() if detach == "dnn" else E)
+
+    def _compose(self, z: torch.Tensor, E: torch.Tensor | None) -> torch.Tensor:
+        """[B, H] from the interaction output z [B, z_dim] and (where the DNN reads it) E [B, F, d_total]."""
+        if self.arch == "none":
+            return z
+        if self.arch == "parallel":
+            return torch.cat([z, self.mlp(E.flatten(1))], dim=1)
+        if self.model == "dot":
+            return self.mlp(torch.cat([E.flatten(1), z], dim=1))
+        return self.mlp(z)
+
+    def first_order_logit(self, ids: torch.Tensor) -> torch.Tensor:
+        """Textbook FM's first-order term sum_f w[id_f], [B]; zeros when the model has none."""
+        if self.first_order is None:
+            return ids.new_zeros(ids.shape[0], dtype=self.embedding.table.dtype)
+        return lookup(self.first_order, ids, self.embedding.offsets).sum(dim=(1, 2))
+
+    def forward_from_embeddings(
+        self, E: torch.Tensor, detach: str | None = None, ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits [B] from E [B, F, d_total] (``detach`` as in :meth:`hidden`).
+
+        Textbook FM models add a first-order term that depends only on the ids; pass ``ids`` [B, F] to include it
+        (it does not change the gradient with respect to E's direction, only the logit's offset).
+        """
+        logits = self.head(self.hidden(E, detach)).squeeze(-1)
+        return logits if ids is None or self.first_order is None else logits + self.first_order_logit(ids)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Logits [B] from local ids int [B, F]."""
+        if self._fused:
+            z = self.interaction.from_ids(self.embedding.table, ids, self.embedding.offsets)
+            h = self._compose(z, None)
+        else:
+            h = self.hidden(self.embed(ids))
+        logits = self.head(h).squeeze(-1)
+        return logits if self.first_order is None else logits + self.first_order_logit(ids)
+
+    def mlp_linears(self) -> list[nn.Linear]:
+        """The DNN's linear layers, input to output ([] without a DNN)."""
+        return self.mlp.linears() if self.mlp is not None else []
+
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        """The per-feature tables (embeddings and the textbook first-order weights): what ``l2_emb`` regularises."""
+        return [self.embedding.table] + ([self.first_order] if self.first_order is not None else [])
+
+
+def vocab_sizes(meta: dict[str, Any]) -> list[int]:
+    """Per-field vocabulary sizes from meta.json, checked against its offsets (one concatenated table)."""
+    sizes = [int(f["vocab_size"]) for f in meta["fields"]]
+    offsets = [int(f.get("offset", -1)) for f in meta["fields"]]
+    expected = [sum(sizes[:i]) for i in range(len(sizes))]
+    if offsets != expected:
+        raise UserError("meta.json: field offsets are not the running sums of the vocabulary sizes")
+    return sizes
+
+
+def build_model(config: dict[str, Any], meta: dict[str, Any]) -> CTRModel:
+    """A freshly initialised model for ``config`` (missing model keys take :data:`MODEL_DEFAULTS`) and meta.json."""
+    return CTRModel(config, vocab_sizes(meta))
+
+
+def load_model(ckpt: dict[str, Any]) -> CTRModel:
+    """The trained model of a checkpoint dict (from :func:`dcollapse.checkpoint.load`), in eval mode on the CPU."""
+    model = build_model(ckpt["config"], ckpt["meta"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except (RuntimeError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0][:160]
+        raise UserError(f"checkpoint weights do not match its config ({first})") from None
+    return model.eval()
