@@ -8,5 +8,19 @@ from dcollapse.kernels.cross import cross_layer
 from dcollapse.kernels.dot import fused_pairwise_dot, pairwise_dot
 from dcollapse.kernels.fm import bi_interaction, fused_bi_interaction
 from dcollapse.kernels.lookup import lookup
+from dcollapse.kernels.scatter import scatter_rows
+from dcollapse.kernels.spectrum import batched_spectra, gram_spectra, matrix_spectrum, segment_grams
 
-__all__ = ["bi_interaction", "cross_layer", "fused_bi_interaction", "fused_pairwise_dot", "lookup", "pairwise_dot"]
+__all__ = [
+    "batched_spectra",
+    "bi_interaction",
+    "cross_layer",
+    "fused_bi_interaction",
+    "fused_pairwise_dot",
+    "gram_spectra",
+    "lookup",
+    "matrix_spectrum",
+    "pairwise_dot",
+    "scatter_rows",
+    "segment_grams",
+]

@@ -9,6 +9,9 @@ from __future__ import annotations
 import os
 
 import torch
+import triton
+
+MIN_DOT = 16  # the GPU compiler rejects tl.dot operands with a dimension below 16 (the interpreter does not)
 
 
 def use_triton(tensor: torch.Tensor) -> bool:
@@ -21,3 +24,15 @@ def use_triton(tensor: torch.Tensor) -> bool:
     if choice != "auto":
         raise ValueError(f"DCOLLAPSE_KERNELS must be auto, triton or reference, not {choice!r}")
     return tensor.is_cuda
+
+
+def dot_block(n: int, cap: int | None = None) -> int:
+    """Tile size for a ``tl.dot`` dimension of extent ``n``: the next power of two, at least 16, at most ``cap``."""
+    block = max(MIN_DOT, triton.next_power_of_2(n))
+    return block if cap is None else max(MIN_DOT, min(block, cap))
+
+
+def check_dot_blocks(*blocks: int) -> None:
+    """Refuse ``tl.dot`` tiles the GPU compiler would reject (under the interpreter they would silently pass)."""
+    if min(blocks) < MIN_DOT:
+        raise ValueError(f"tl.dot tile dimensions must be >= {MIN_DOT}, got {blocks}")

@@ -1,8 +1,16 @@
-"""Field-embedding lookup from one concatenated table: ids [B, F] + offsets [F] -> E [B, F, d]."""
+"""Field-embedding lookup from one concatenated table: ids [B, F] + offsets [F] -> E [B, F, d].
+
+Triton path: a gather kernel forward, the table-gradient scatter (:mod:`dcollapse.kernels.scatter`) backward.
+"""
 
 from __future__ import annotations
 
 import torch
+import triton
+import triton.language as tl
+
+from dcollapse.kernels.dispatch import use_triton
+from dcollapse.kernels.scatter import scatter_rows
 
 
 def lookup_reference(table: torch.Tensor, ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
@@ -10,6 +18,63 @@ def lookup_reference(table: torch.Tensor, ids: torch.Tensor, offsets: torch.Tens
     return table[ids.long() + offsets]
 
 
+def table_rows(ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """int64 [B * F]: the table row of every (sample, field), row-major."""
+    return (ids.long() + offsets).reshape(-1)
+
+
+@triton.jit
+def _field_rows(ids, offsets, b, f, F, mask, GATHER: tl.constexpr):
+    """int64 table rows of samples ``b`` in fields ``f`` (broadcast together, e.g. [BLOCK_B] and a scalar).
+
+    GATHER: row = ids[b, f] + offsets[f] in the concatenated table; otherwise E itself is the table, row = b * F + f.
+    """
+    if GATHER:
+        row = tl.load(ids + b * F + f, mask=mask, other=0).to(tl.int64)
+        row += tl.load(offsets + (f + 0 * b), mask=mask, other=0)
+    else:
+        row = b.to(tl.int64) * F + f
+    return row
+
+
+@triton.jit
+def _gather_kernel(table, ids, offsets, out, n, F, d, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """out[i] = table[ids[i] + offsets[i % F]] for the flattened (sample, field) index i < n = B * F."""
+    idx = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    n_mask = idx < n
+    row = tl.load(ids + idx, mask=n_mask, other=0).to(tl.int64) + tl.load(offsets + idx % F, mask=n_mask, other=0)
+    mask = n_mask[:, None] & (cols < d)[None, :]
+    e = tl.load(table + row[:, None] * d + cols[None, :], mask=mask, other=0.0)
+    tl.store(out + idx.to(tl.int64)[:, None] * d + cols[None, :], e, mask=mask)
+
+
+def lookup_triton(table: torch.Tensor, ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Forward gather only (no autograd), E [B, F, d]."""
+    (B, F), d = ids.shape, table.shape[1]
+    out = torch.empty(B, F, d, dtype=table.dtype, device=table.device)
+    block_d = min(triton.next_power_of_2(d), 128)
+    grid = (triton.cdiv(B * F, 64), triton.cdiv(d, block_d))
+    _gather_kernel[grid](table, ids, offsets, out, B * F, F, d, BLOCK_N=64, BLOCK_D=block_d)
+    return out
+
+
+class _Lookup(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, table, ids, offsets):
+        ctx.save_for_backward(ids, offsets)
+        ctx.num_rows = table.shape[0]
+        return lookup_triton(table, ids, offsets)
+
+    @staticmethod
+    def backward(ctx, grad_e):
+        ids, offsets = ctx.saved_tensors
+        grad_table = scatter_rows(grad_e.reshape(-1, grad_e.shape[-1]), table_rows(ids, offsets), ctx.num_rows)
+        return grad_table, None, None
+
+
 def lookup(table: torch.Tensor, ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """Public op: E [B, F, d], differentiable with respect to ``table``."""
-    return lookup_reference(table, ids, offsets)
+    if not use_triton(table):
+        return lookup_reference(table, ids, offsets)
+    return _Lookup.apply(table.contiguous(), ids.contiguous(), offsets.contiguous())
