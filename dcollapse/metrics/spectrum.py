@@ -10,16 +10,28 @@ from dataclasses import dataclass
 
 import torch
 
+from dcollapse.kernels.dispatch import use_triton
+from dcollapse.kernels.spectrum import batched_spectra, gram_spectra, matrix_spectrum
+
 RANKME_EPS = 1e-7
+
+
+def _triton_gram(tensor: torch.Tensor) -> bool:
+    """CUDA tensors use the Triton float64 Gram + eigvalsh path (dcollapse.kernels.spectrum); CPU ones use svdvals."""
+    return tensor.is_cuda and use_triton(tensor)
 
 
 def singular_values(matrix: torch.Tensor) -> torch.Tensor:
     """Singular values, descending, float64 [min(n, k)] of a matrix [n, k]."""
+    if _triton_gram(matrix):
+        return matrix_spectrum(matrix.detach())
     return torch.linalg.svdvals(matrix.detach().to(torch.float64))
 
 
 def batched_singular_values(matrices: torch.Tensor) -> torch.Tensor:
     """Singular values, descending, float64 [M, min(n, k)] of a stack of matrices [M, n, k]."""
+    if _triton_gram(matrices):
+        return batched_spectra(matrices.detach())
     return torch.linalg.svdvals(matrices.detach().to(torch.float64))
 
 
@@ -30,6 +42,8 @@ def field_singular_values(table: torch.Tensor, offsets: torch.Tensor, chunk_rows
     than d rows has zeros past its rank. Each field's Gram matrix E_f^T E_f [d, d] is accumulated in float64
     over row chunks, then all F are solved at once: s = sqrt(clamp(eigvalsh(G), 0)).
     """
+    if _triton_gram(table):
+        return gram_spectra(table.detach(), offsets)
     rows, dim = table.shape
     ends = [*offsets.tolist()[1:], rows]
     grams = torch.zeros(len(ends), dim, dim, dtype=torch.float64, device=table.device)
