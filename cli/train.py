@@ -1,0 +1,179 @@
+"""``dcollapse train`` (fit a model, write a checkpoint) and ``dcollapse eval`` (AUC/logloss of a checkpoint)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from dcollapse import checkpoint
+from dcollapse.cli.common import err, handles_errors, out, print_json, progress
+from dcollapse.data.dataset import load_meta, load_split
+from dcollapse.errors import UserError
+from dcollapse.models import load_model
+from dcollapse.train import evaluate, full_config, train
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    tomllib = None
+
+RESUMABLE = ("epochs", "patience", "device")  # what may change when a run is resumed
+
+
+def parse_widths(text: str) -> list[int]:
+    """``"400,400,400"`` -> [400, 400, 400] (``""`` or ``"none"`` -> [])."""
+    if text.strip().lower() in ("", "none"):
+        return []
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise UserError(f"--dnn: expected comma-separated layer widths like 400,400,400, got {text!r}") from None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Options from a TOML file (keys as the long option names, dashes or underscores)."""
+    if tomllib is None:
+        raise UserError("--config needs Python 3.11 or newer (tomllib)")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such config file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: invalid TOML ({exc})") from None
+    options = {key.replace("-", "_"): value for key, value in raw.items()}
+    if isinstance(options.get("dnn"), str):
+        options["dnn"] = parse_widths(options["dnn"])
+    return options
+
+
+def train_command(
+    data_dir: Path | None = typer.Argument(None, help="Preprocessed dataset directory (meta.json + Parquet splits)."),
+    out_path: Path | None = typer.Option(None, "--out", "-o", help="Checkpoint to write (default: the --resume file)."),
+    model: str | None = typer.Option(None, help="Interaction: fm | crossnet | dot.  [default: fm]"),
+    arch: str | None = typer.Option(None, help="DNN placement: none | parallel | stacked.  [default: none]"),
+    style: str | None = typer.Option(None, help="paper (the source paper's code) | textbook.  [default: paper]"),
+    emb_dim: int | None = typer.Option(None, help="Embedding size per field (per set).  [default: 16]"),
+    num_sets: int | None = typer.Option(None, help="Multi-embedding: independent embedding sets.  [default: 1]"),
+    dnn: str | None = typer.Option(None, help="DNN hidden widths, comma-separated.  [default: 400,400,400]"),
+    activation: str | None = typer.Option(None, help="relu | gelu | identity (a linear DNN).  [default: relu]"),
+    norm: str | None = typer.Option(None, help="DNN normalisation: none | batch | layer.  [default: none]"),
+    dropout: float | None = typer.Option(None, help="DNN dropout probability.  [default: 0]"),
+    residual: bool | None = typer.Option(None, "--residual/--no-residual", help="Skip connections in the DNN."),
+    cross_layers: int | None = typer.Option(None, help="CrossNet layers.  [default: 3]"),
+    cross_rank: int | None = typer.Option(None, help="CrossNet weight rank, 0 = full.  [default: 0]"),
+    epochs: int | None = typer.Option(None, help="Maximum epochs.  [default: 100]"),
+    batch_size: int | None = typer.Option(None, help="Training batch size.  [default: 4096]"),
+    lr: float | None = typer.Option(None, help="Learning rate.  [default: 0.001]"),
+    optimizer: str | None = typer.Option(None, help="adam | adagrad | sgd.  [default: adam]"),
+    l2_emb: float | None = typer.Option(None, help="L2 penalty on the embedding tables.  [default: 0]"),
+    patience: int | None = typer.Option(None, help="Early stopping: epochs without a better valid AUC (0 = off)."),
+    seed: int | None = typer.Option(None, help="Random seed (same seed, same run on CPU).  [default: 0]"),
+    device: str | None = typer.Option(None, help="cpu | cuda | auto.  [default: auto]"),
+    snapshot_rows: int | None = typer.Option(None, help="Validation rows in the per-epoch RankMe batch."),
+    config_file: Path | None = typer.Option(None, "--config", help="TOML file with any of these options."),
+    resume: Path | None = typer.Option(None, help="Continue the run saved in this checkpoint."),
+    save_every_epoch: bool = typer.Option(False, help="Also keep OUT.epochN.pt after every epoch."),
+) -> None:
+    """Train a feature-interaction model; the checkpoint holds the best-by-valid-AUC weights and the history.
+
+    Options come from the defaults, then --config FILE.toml, then the command line (which wins).
+
+    Example: dcollapse train data/criteo --model fm --arch parallel --epochs 2 --out runs/deepfm.pt
+    """
+    given = {key: value for key, value in locals().items() if value is not None}
+    given.pop("save_every_epoch")
+    for key in ("data_dir", "out_path", "config_file", "resume"):
+        given.pop(key, None)
+    if isinstance(given.get("dnn"), str):
+        given["dnn"] = parse_widths(given["dnn"])
+    options = {**(read_toml(config_file) if config_file else {}), **given}
+
+    previous = None
+    if resume is not None:
+        previous = checkpoint.load(resume)
+        if "resume" not in previous:
+            raise UserError(f"{resume}: this checkpoint has no resume state (it is an epoch snapshot)")
+        changed = sorted(k for k in options if k not in RESUMABLE and options[k] != previous["config"].get(k))
+        if changed:
+            raise UserError(f"--resume keeps the run's settings; cannot change {', '.join(changed)}")
+        options = {**previous["config"], **options}
+        data_dir = data_dir or Path(previous["data"]["path"])
+        out_path = out_path or resume
+    if data_dir is None or out_path is None:
+        raise UserError("give DATA_DIR and --out (or --resume run.pt)")
+    config = full_config(options)
+
+    bar = progress(transient=True)
+    with bar:
+        task = bar.add_task("epoch 1", total=None, status="")
+
+        def on_step(epoch: int, step: int, steps: int, loss: float) -> None:
+            bar.update(task, description=f"epoch {epoch}", completed=step, total=steps, status=f"loss {loss:.4f}")
+
+        def on_epoch(e: dict[str, Any]) -> None:
+            bar.console.print(
+                f"epoch {e['epoch']}: train loss {e['train_loss']:.4f}  valid AUC {e['valid_auc']:.4f}  "
+                f"logloss {e['valid_logloss']:.4f}  RankMe {e['rankme']:.1f}  mean IA {e['mean_ia']:.2f}  "
+                f"{e['samples_per_s']:,.0f} samples/s  {e['seconds']:.1f}s",
+                highlight=False,
+            )
+
+        try:
+            result = train(
+                data_dir, config, out_path, resume=previous, save_every_epoch=save_every_epoch,
+                on_step=on_step, on_epoch=on_epoch,
+            )  # fmt: skip
+        except KeyboardInterrupt:
+            kept = f"{out_path} holds the best model so far" if out_path.exists() else "no epoch finished"
+            err.print(f"interrupted: {kept}")
+            raise typer.Exit(130) from None
+
+    table = Table(title=f"{out_path}")
+    for column in ("model", "arch", "best epoch", "valid AUC", "test AUC", "test logloss"):
+        table.add_column(column)
+    best = result["history"][result["best_epoch"] - 1]
+    test = result["test"] or {}
+    table.add_row(
+        config["model"], config["arch"], str(result["best_epoch"]), f"{best['valid_auc']:.4f}",
+        f"{test['auc']:.4f}" if test else "-", f"{test['logloss']:.4f}" if test else "-",
+    )  # fmt: skip
+    out.print(table)
+
+
+def eval_command(
+    run: Path = typer.Argument(..., help="Checkpoint written by `dcollapse train`."),
+    data_dir: Path | None = typer.Argument(None, help="Dataset directory (default: the one the run was trained on)."),
+    split: str = typer.Option("test", help="Split to evaluate: train | valid | test."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
+) -> None:
+    """AUC and logloss of a trained checkpoint on one split of a dataset.
+
+    Example: dcollapse eval runs/deepfm.pt --split test --json
+    """
+    ckpt = checkpoint.load(run)
+    if ckpt.get("kind", "ctr") != "ctr":
+        raise UserError(f"{run}: not a CTR model checkpoint (kind {ckpt.get('kind')!r})")
+    data_dir = data_dir or Path(ckpt["data"]["path"])
+    meta = load_meta(data_dir)
+    layout = [(f["name"], f["vocab_size"]) for f in meta["fields"]]
+    if layout != [(f["name"], f["vocab_size"]) for f in ckpt["meta"]["fields"]]:
+        raise UserError(f"{data_dir}: fields or vocabulary sizes differ from the ones {run} was trained on")
+    model = load_model(ckpt)
+    metrics = evaluate(model, load_split(data_dir, split, meta), split)
+    result = {"checkpoint": str(run), "data": str(data_dir), "split": split, **metrics}
+    if as_json:
+        print_json(result)
+        return
+    table = Table(title=f"{run} on {split}")
+    for column in ("rows", "AUC", "logloss"):
+        table.add_column(column, justify="right")
+    table.add_row(f"{result['rows']:,}", f"{result['auc']:.4f}", f"{result['logloss']:.4f}")
+    out.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(handles_errors(train_command))
+    app.command("eval")(handles_errors(eval_command))

@@ -1,0 +1,292 @@
+"""Training a CTR model on a preprocessed dataset, with a collapse snapshot every epoch.
+
+Read top to bottom: config -> data -> model + optimizer -> epochs of (shuffle, steps, evaluate, snapshot,
+checkpoint, early stopping) -> test metrics of the best model. The per-batch step (:func:`train_step`), one
+epoch (:func:`train_epoch`) and the evaluation (:func:`evaluate`, :func:`collapse_snapshot`) are small functions
+so a distributed wrapper can reuse them.
+
+Checkpoints (``dcollapse.checkpoint`` format) hold the best-by-validation-AUC weights in ``state_dict`` and, under
+``"resume"``, the last epoch's weights and optimizer state, so ``resume=`` continues a run exactly: every epoch
+draws its shuffle and dropout randomness from ``(seed, epoch)`` alone.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import log_loss, roc_auc_score
+from torch.nn import functional
+
+from dcollapse import checkpoint
+from dcollapse.data.dataset import Split, load_meta, load_split
+from dcollapse.errors import UserError
+from dcollapse.metrics.spectrum import information_abundance, rankme, singular_values
+from dcollapse.models import CTRModel, build_model, model_config
+
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "epochs": 100,  # the paper's cap; early stopping usually ends a run far sooner
+    "batch_size": 4096,
+    "lr": 1e-3,
+    "optimizer": "adam",
+    "l2_emb": 0.0,
+    "patience": 2,  # epochs without a better validation AUC before stopping; 0 = never stop early
+    "seed": 0,
+    "device": "auto",
+    "snapshot_rows": 50_000,  # rows of the fixed validation batch for RankMe
+}
+OPTIMIZERS = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
+SNAPSHOT_SEED = 0  # the collapse-snapshot batch is the same for every run on a dataset, whatever --seed
+EVAL_BATCH = 65_536
+
+
+def full_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Every option (model and training), defaults filled in and validated; unknown keys raise a UserError."""
+    unknown = sorted(set(config) - set(TRAIN_DEFAULTS) - set(model_config({})))
+    if unknown:
+        raise UserError(f"unknown config option(s): {', '.join(unknown)}")
+    c = {**model_config(config), **{key: config.get(key, default) for key, default in TRAIN_DEFAULTS.items()}}
+    if c["optimizer"] not in OPTIMIZERS:
+        raise UserError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {c['optimizer']!r}")
+    if c["device"] not in ("auto", "cpu", "cuda"):
+        raise UserError(f"device must be auto, cpu or cuda, not {c['device']!r}")
+    for key in ("epochs", "batch_size", "snapshot_rows"):
+        if int(c[key]) < 1:
+            raise UserError(f"{key} must be >= 1, not {c[key]}")
+    if float(c["lr"]) <= 0 or float(c["l2_emb"]) < 0 or int(c["patience"]) < 0:
+        raise UserError("need lr > 0, l2_emb >= 0 and patience >= 0")
+    return c
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` = CUDA when available, else CPU."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device cuda requested but no CUDA device is available")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def make_optimizer(model: CTRModel, config: dict[str, Any]) -> torch.optim.Optimizer:
+    """The optimizer; ``l2_emb`` is an L2 penalty (l2_emb / 2) * ||table||^2 on the embedding tables only."""
+    tables = model.embedding_parameters()
+    ids = {id(p) for p in tables}
+    others = [p for p in model.parameters() if id(p) not in ids and p.requires_grad]
+    groups = [{"params": tables, "weight_decay": float(config["l2_emb"])}, {"params": others, "weight_decay": 0.0}]
+    return OPTIMIZERS[config["optimizer"]](groups, lr=float(config["lr"]))
+
+
+def seed_epoch(seed: int, epoch: int) -> torch.Generator:
+    """Seed torch's global RNG (dropout) for ``epoch`` and return a CPU generator for its shuffle."""
+    epoch_seed = int(seed) * 1_000_003 + epoch
+    torch.manual_seed(epoch_seed)
+    return torch.Generator().manual_seed(epoch_seed)
+
+
+def train_step(model: CTRModel, optimizer: torch.optim.Optimizer, ids: torch.Tensor, labels: torch.Tensor) -> float:
+    """One optimizer step on a batch (ids int [B, F], labels float [B]); returns the mean BCE loss."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = functional.binary_cross_entropy_with_logits(model(ids), labels)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+class Diverged(UserError):
+    """The training loss became NaN or infinite."""
+
+
+def train_epoch(
+    model: CTRModel,
+    optimizer: torch.optim.Optimizer,
+    train: Split,
+    batch_size: int,
+    generator: torch.Generator,
+    epoch: int,
+    on_step: Callable[[int, int, int, float], None] | None = None,
+) -> float:
+    """One pass over ``train`` in a random order; returns the mean training loss (weighted by batch size)."""
+    model.train()
+    order = torch.randperm(len(train), generator=generator).to(train.ids.device)
+    steps = math.ceil(len(train) / batch_size)
+    total = 0.0
+    for step in range(steps):
+        rows = order[step * batch_size : (step + 1) * batch_size]
+        loss = train_step(model, optimizer, train.ids[rows], train.labels[rows])
+        if not math.isfinite(loss):
+            raise Diverged(f"training loss became {loss} at epoch {epoch}, step {step + 1}; try a smaller lr")
+        total += loss * len(rows)
+        if on_step is not None:
+            on_step(epoch, step + 1, steps, loss)
+    return total / len(train)
+
+
+@torch.no_grad()
+def predict(model: CTRModel, ids: torch.Tensor, batch_size: int = EVAL_BATCH) -> np.ndarray:
+    """Click probabilities float64 [N] for ids int [N, F] (model in eval mode)."""
+    model.eval()
+    logits = [model(ids[i : i + batch_size]).double().cpu() for i in range(0, len(ids), batch_size)]
+    return torch.sigmoid(torch.cat(logits)).numpy() if logits else np.zeros(0)
+
+
+def evaluate(model: CTRModel, split: Split, name: str = "valid") -> dict[str, float]:
+    """{"auc", "logloss", "rows"} of ``model`` on ``split`` (scikit-learn's metrics)."""
+    labels = split.labels.cpu().numpy()
+    if len(np.unique(labels)) < 2:
+        raise UserError(f"{name} split: AUC needs both clicks and non-clicks, found only label {labels[:1]}")
+    probs = predict(model, split.ids)
+    return {"auc": float(roc_auc_score(labels, probs)), "logloss": float(log_loss(labels, probs)), "rows": len(labels)}
+
+
+@torch.no_grad()
+def collapse_snapshot(model: CTRModel, ids: torch.Tensor) -> dict[str, Any]:
+    """RankMe of Z = flat embeddings [B, F*d_total] of the fixed batch ``ids`` [B, F], and per-field information
+    abundance of each field's table [V_f, d_total] (its mean over fields as ``mean_ia``)."""
+    Z = torch.cat([model.embed(ids[i : i + EVAL_BATCH]).flatten(1) for i in range(0, len(ids), EVAL_BATCH)])
+    field_ia = [
+        information_abundance(singular_values(model.embedding.field_table(f)))
+        for f in range(model.embedding.num_fields)
+    ]
+    return {"rankme": rankme(singular_values(Z)), "field_ia": field_ia, "mean_ia": float(np.mean(field_ia))}
+
+
+def snapshot_rows(valid: Split, rows: int) -> torch.Tensor:
+    """The fixed validation batch: up to ``rows`` rows drawn with a constant seed, ids [B, F]."""
+    if len(valid) <= rows:
+        return valid.ids
+    pick = torch.randperm(len(valid), generator=torch.Generator().manual_seed(SNAPSHOT_SEED))[:rows]
+    return valid.ids[pick.to(valid.ids.device)]
+
+
+def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of the model's weights."""
+    return {key: value.detach().cpu().clone() for key, value in model.state_dict().items()}
+
+
+@dataclass
+class Progress:
+    """Where a run stands after its last completed epoch (what ``"resume"`` in a checkpoint restores)."""
+
+    epoch: int = 0
+    best_auc: float = -math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+
+
+def epoch_path(out: Path, epoch: int) -> Path:
+    """``run.pt`` -> ``run.epochN.pt``."""
+    return out.with_name(f"{out.stem}.epoch{epoch}{out.suffix}")
+
+
+def train(
+    data_dir: str | Path,
+    config: dict[str, Any],
+    out: str | Path,
+    *,
+    resume: dict[str, Any] | None = None,
+    save_every_epoch: bool = False,
+    on_step: Callable[[int, int, int, float], None] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train, checkpointing to ``out`` after every epoch; returns the final checkpoint dict.
+
+    ``resume``: a checkpoint dict from an earlier run of the same config and data; training continues after its
+    last completed epoch. ``on_step(epoch, step, steps, loss)`` and ``on_epoch(history_entry)`` report progress.
+    A KeyboardInterrupt leaves the checkpoint of the last completed epoch (best weights so far) in ``out``.
+    """
+    config, out, data_dir = full_config(config), Path(out), Path(data_dir).resolve()
+    device = pick_device(config["device"])
+
+    # Data: every split as one int32 id tensor [N, F] on the device.
+    meta = load_meta(data_dir)
+    if "train" not in meta["splits"] or "valid" not in meta["splits"]:
+        raise UserError(f"{data_dir}: training needs a train and a valid split (have: {', '.join(meta['splits'])})")
+    if resume is not None and resume.get("data", {}).get("hash") != meta.get("input_hash"):
+        raise UserError(f"{data_dir}: not the dataset the resumed run was trained on (input hash differs)")
+    splits = {
+        name: Split(s.ids.to(device), s.labels.to(device))
+        for name in ("train", "valid", "test")
+        if name in meta["splits"]
+        for s in [load_split(data_dir, name, meta)]
+    }
+    snapshot_ids = snapshot_rows(splits["valid"], int(config["snapshot_rows"]))
+
+    # Model and optimizer (restored to the end of the last completed epoch when resuming).
+    torch.manual_seed(int(config["seed"]))
+    model = build_model(config, meta).to(device)
+    optimizer = make_optimizer(model, config)
+    progress, history, best_state = Progress(), [], cpu_state(model)
+    if resume is not None:
+        state = resume["resume"]
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        progress = Progress(**state["progress"])
+        history, best_state = list(resume["history"]), resume["state_dict"]
+
+    def make_checkpoint(test: dict[str, float] | None = None) -> dict[str, Any]:
+        return {
+            "config": config,
+            "meta": meta,
+            "state_dict": best_state,
+            "history": history,
+            "data": {"path": str(data_dir), "hash": meta.get("input_hash")},
+            "test": test,
+            "best_epoch": progress.best_epoch,
+            "kind": "ctr",
+            "resume": {
+                "state_dict": cpu_state(model),
+                "optimizer": optimizer.state_dict(),
+                "progress": vars(progress).copy(),
+            },
+        }
+
+    for epoch in range(progress.epoch + 1, int(config["epochs"]) + 1):
+        if config["patience"] and progress.bad_epochs >= int(config["patience"]):
+            break
+        start = time.perf_counter()
+        generator = seed_epoch(int(config["seed"]), epoch)
+        train_loss = train_epoch(
+            model, optimizer, splits["train"], int(config["batch_size"]), generator, epoch, on_step
+        )
+        train_seconds = time.perf_counter() - start
+        valid = evaluate(model, splits["valid"])
+        collapse = collapse_snapshot(model, snapshot_ids)
+        entry = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "valid_auc": valid["auc"],
+            "valid_logloss": valid["logloss"],
+            "seconds": time.perf_counter() - start,
+            "samples_per_s": len(splits["train"]) / train_seconds,
+            **collapse,
+        }
+        history.append(entry)
+
+        progress.epoch = epoch
+        if valid["auc"] > progress.best_auc:
+            progress.best_auc, progress.best_epoch, progress.bad_epochs = valid["auc"], epoch, 0
+            best_state = cpu_state(model)
+        else:
+            progress.bad_epochs += 1
+        checkpoint.save(out, make_checkpoint())
+        if save_every_epoch:
+            snapshot = {**make_checkpoint(), "state_dict": cpu_state(model), "epoch": epoch}
+            del snapshot["resume"]
+            checkpoint.save(epoch_path(out, epoch), snapshot)
+        if on_epoch is not None:
+            on_epoch(entry)
+
+    # The best model's test metrics, when the dataset has a test split.
+    test = None
+    if "test" in splits:
+        best = build_model(config, meta).to(device)
+        best.load_state_dict(best_state)
+        test = evaluate(best, splits["test"], "test")
+        test = {"auc": test["auc"], "logloss": test["logloss"]}
+    final = make_checkpoint(test)
+    checkpoint.save(out, final)
+    return final
