@@ -1,0 +1,213 @@
+"""Triton kernels (run by the interpreter on CPU) against independent float64 references.
+
+Every op: forward and every gradient, shapes with non-power-of-two F and d, duplicate ids (hot rows) and the
+OOV (0) / missing (1) ids. Shapes stay tiny because the interpreter runs each program in Python.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dcollapse.kernels import (
+    batched_spectra,
+    bi_interaction,
+    cross_layer,
+    fused_bi_interaction,
+    fused_pairwise_dot,
+    gram_spectra,
+    lookup,
+    matrix_spectrum,
+    pairwise_dot,
+    scatter_rows,
+)
+from dcollapse.kernels.dispatch import check_dot_blocks, dot_block, use_triton
+from dcollapse.kernels.scatter import scatter_rows_atomic, scatter_rows_sorted
+
+SHAPES = [(5, 13, 8), (3, 26, 10), (9, 3, 16), (2, 39, 64)]  # (B, F, d)
+ATOL, RTOL = 1e-4, 1e-4
+
+
+@pytest.fixture(autouse=True)
+def triton_mode(monkeypatch):
+    monkeypatch.setenv("DCOLLAPSE_KERNELS", "triton")
+
+
+def make_lookup_inputs(B: int, F: int, d: int, seed: int = 0):
+    """Random table [V, d] (vocab 2..4 per field), ids [B, F] full of duplicates and OOV/missing ids, offsets [F]."""
+    gen = torch.Generator().manual_seed(seed)
+    vocab = torch.tensor([2 + f % 3 for f in range(F)])
+    offsets = torch.cumsum(vocab, 0) - vocab
+    ids = (torch.rand(B, F, generator=gen) * vocab).long()
+    ids[0] = 0  # every field's OOV row
+    ids[:, 0] = 1  # one hot row: the missing id of field 0 in every sample
+    table = torch.randn(int(vocab.sum()), d, generator=gen)
+    return table.requires_grad_(), ids.to(torch.int32), offsets
+
+
+def gather64(table: torch.Tensor, ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """float64 E [B, F, d] by explicit per-field indexing."""
+    t = table.double()
+    return torch.stack([t[offsets[f] + ids[:, f].long()] for f in range(ids.shape[1])], dim=1)
+
+
+def fm64(E: torch.Tensor) -> torch.Tensor:
+    """sum_{i<j} e_i * e_j [B, d] as an explicit pair sum."""
+    F = E.shape[1]
+    return sum(E[:, i] * E[:, j] for i in range(F) for j in range(i + 1, F))
+
+
+def dots64(E: torch.Tensor) -> torch.Tensor:
+    """[B, F(F-1)/2] <e_i, e_j> for i < j, row-major, by explicit pairs."""
+    F = E.shape[1]
+    return torch.stack([(E[:, i] * E[:, j]).sum(-1) for i in range(F) for j in range(i + 1, F)], dim=1)
+
+
+def check_op(op, ref64, inputs):
+    """op(*inputs) matches ref64 (float64) in value and in the gradient of every input that requires it."""
+    out = op(*inputs)
+    leaves = [x for x in inputs if isinstance(x, torch.Tensor) and x.requires_grad]
+    inputs64 = [x.detach().double().requires_grad_() if any(x is leaf for leaf in leaves) else x for x in inputs]
+    out64 = ref64(*inputs64)
+    torch.testing.assert_close(out.double(), out64, atol=ATOL, rtol=RTOL)
+    weight = torch.randn_like(out64)  # a random upstream gradient, not ones
+    grads = torch.autograd.grad((out * weight.float()).sum(), leaves)
+    grads64 = torch.autograd.grad((out64 * weight).sum(), [x for x in inputs64 if x.requires_grad])
+    for g, g64 in zip(grads, grads64, strict=True):
+        assert g.abs().max() > 0
+        torch.testing.assert_close(g.double(), g64, atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.parametrize("B,F,d", SHAPES)
+def test_lookup(B, F, d):
+    check_op(lookup, gather64, make_lookup_inputs(B, F, d))
+
+
+@pytest.mark.parametrize("B,F,d", SHAPES)
+def test_fused_bi_interaction(B, F, d):
+    check_op(fused_bi_interaction, lambda t, i, o: fm64(gather64(t, i, o)), make_lookup_inputs(B, F, d, seed=1))
+
+
+@pytest.mark.parametrize("B,F,d", SHAPES)
+def test_fused_pairwise_dot(B, F, d):
+    check_op(fused_pairwise_dot, lambda t, i, o: dots64(gather64(t, i, o)), make_lookup_inputs(B, F, d, seed=2))
+
+
+@pytest.mark.parametrize("B,F,d", [(37, 13, 10), (3, 26, 16)])
+def test_bi_interaction_and_pairwise_dot_on_E(B, F, d):
+    E = torch.randn(B, F, d).requires_grad_()
+    check_op(bi_interaction, fm64, [E])
+    check_op(pairwise_dot, dots64, [E])
+
+
+@pytest.mark.parametrize("B,K", [(7, 16), (5, 39), (33, 40), (3, 70)])
+def test_cross_layer(B, K):
+    x0, x, bias = torch.randn(B, K), torch.randn(B, K), torch.randn(K)
+    weight = torch.randn(K, K) / K**0.5
+    inputs = [t.requires_grad_() for t in (x0, x, weight, bias)]
+    check_op(cross_layer, lambda a, b, w, c: a * (b @ w.T + c) + b, inputs)
+    with torch.no_grad():  # the forward without the saved pre-activation
+        torch.testing.assert_close(cross_layer(x0, x, weight, bias), x0 * (x @ weight.T + bias) + x)
+
+
+def scatter64(grad: torch.Tensor, rows: torch.Tensor, num_rows: int) -> torch.Tensor:
+    out = torch.zeros(num_rows, grad.shape[1], dtype=torch.float64)
+    for n, r in enumerate(rows.tolist()):
+        out[r] += grad[n].double()
+    return out
+
+
+@pytest.mark.parametrize("max_run", [256, 5])  # 5 splits the hot runs: two deterministic passes
+def test_scatter_sorted_hot_rows(max_run):
+    gen = torch.Generator().manual_seed(3)
+    rows = torch.randint(0, 12, (90,), generator=gen)
+    rows[::3] = 7  # a hot row
+    grad = torch.randn(90, 10, generator=gen)
+    out = scatter_rows_sorted(grad, rows, 15, max_run=max_run)
+    torch.testing.assert_close(out.double(), scatter64(grad, rows, 15), atol=1e-5, rtol=1e-5)
+    assert torch.equal(out, scatter_rows_sorted(grad, rows, 15, max_run=max_run))  # bitwise reproducible
+    assert torch.equal(out[12:], torch.zeros(3, 10))  # untouched rows stay zero
+
+
+def test_scatter_atomic_and_dispatch():
+    gen = torch.Generator().manual_seed(4)
+    rows = torch.randint(0, 9, (70,), generator=gen)
+    grad = torch.randn(70, 6, generator=gen)
+    expected = scatter64(grad, rows, 9)
+    torch.testing.assert_close(scatter_rows_atomic(grad, rows, 9).double(), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(scatter_rows(grad, rows, 9, method="atomic").double(), expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="scatter method"):
+        scatter_rows(grad, rows, 9, method="magic")
+
+
+def planted(rows: int, cols: int, seed: int, smallest: float = 10**-3.5) -> torch.Tensor:
+    """float32 [rows, cols] with singular values log-spaced from 1 down to ``smallest`` in random directions."""
+    gen = torch.Generator().manual_seed(seed)
+    k = min(rows, cols)
+    u, _ = torch.linalg.qr(torch.randn(rows, k, generator=gen, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(cols, k, generator=gen, dtype=torch.float64))
+    return ((u * torch.logspace(0, torch.log10(torch.tensor(smallest)).item(), k, dtype=torch.float64)) @ v.T).float()
+
+
+def assert_spectrum_matches(s: torch.Tensor, matrix: torch.Tensor) -> None:
+    """Normalized singular values within 1e-3 relative of float64 svdvals down to s/s_1 = 1e-3."""
+    ref = torch.linalg.svdvals(matrix.double())
+    ref_n, s_n = ref / ref[0], s[: len(ref)] / s[0]
+    keep = ref_n >= 1e-3
+    assert keep.sum() >= 2
+    assert ((s_n - ref_n).abs() / ref_n)[keep].max() < 1e-3
+    assert (s[len(ref) :] <= 1e-6 * s[0]).all()  # beyond the rank: numerically zero
+
+
+def test_gram_spectra_per_field():
+    blocks = [planted(50, 10, 0), planted(7, 10, 1), planted(130, 10, 2), planted(33, 10, 3)]  # field 1: V_f < d
+    table = torch.cat(blocks)
+    offsets = torch.tensor([0, 50, 57, 187])
+    spectra = gram_spectra(table, offsets)
+    assert spectra.shape == (4, 10) and spectra.dtype == torch.float64
+    assert (spectra[:, :-1] >= spectra[:, 1:]).all()
+    for s, block in zip(spectra, blocks, strict=True):
+        assert_spectrum_matches(s, block)
+
+
+def test_matrix_and_batched_spectra():
+    tall = planted(70, 40, 5)
+    assert_spectrum_matches(matrix_spectrum(tall), tall)
+    wide = planted(70, 40, 6).T  # [40, 70], not contiguous: the Gram of its smaller side
+    assert_spectrum_matches(matrix_spectrum(wide), wide)
+    stack = torch.stack([planted(20, 17, 7), planted(20, 17, 8), planted(20, 17, 9)])
+    for matrices in (stack, stack.transpose(1, 2)):
+        spectra = batched_spectra(matrices)
+        assert spectra.shape == (3, 17)
+        for s, m in zip(spectra, matrices, strict=True):
+            assert_spectrum_matches(s, m)
+
+
+def test_float32_gram_would_miss_the_accuracy_bar():
+    """Why the kernel accumulates in float64: an fp32 accumulator (32-row tiles) misses the 1e-3 bar."""
+    z = planted(2000, 64, 10)
+    ref = torch.linalg.svdvals(z.double())
+    gram = torch.zeros(64, 64)
+    for tile in z.split(32):
+        gram += tile.T @ tile
+    fp32 = torch.linalg.eigvalsh(gram.double()).clamp(min=0).sqrt().flip(0)
+    ref_n, fp32_n = ref / ref[0], fp32 / fp32[0]
+    keep = ref_n >= 1e-3
+    assert ((fp32_n - ref_n).abs() / ref_n)[keep].max() > 1e-3
+
+
+def test_dot_tiles_never_below_16():
+    assert [dot_block(n) for n in (1, 3, 13, 16, 26, 39, 64)] == [16, 16, 16, 16, 32, 64, 64]
+    assert dot_block(200, cap=64) == 64 and dot_block(3, cap=8) == 16
+    with pytest.raises(ValueError, match=">= 16"):
+        check_dot_blocks(32, 8)
+
+
+def test_dispatch(monkeypatch):
+    cpu = torch.zeros(1)
+    assert use_triton(cpu)
+    monkeypatch.setenv("DCOLLAPSE_KERNELS", "auto")
+    assert not use_triton(cpu)
+    monkeypatch.setenv("DCOLLAPSE_KERNELS", "fast")
+    with pytest.raises(ValueError, match="DCOLLAPSE_KERNELS"):
+        use_triton(cpu)
