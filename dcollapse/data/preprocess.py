@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from dcollapse import __version__
+from dcollapse.data import formats
 from dcollapse.data.dataset import FORMAT
+from dcollapse.data.formats import BAD, LINE
+from dcollapse.errors import UserError
 from dcollapse.io import atomic_path
 
 LABEL = "label"
@@ -27,11 +32,13 @@ def write_dataset(
     skipped_rows: int = 0,
     overwrite: bool = False,
     extra_files: Mapping[str, Callable[[Path], Any]] | None = None,
+    drop_empty: bool = False,
 ) -> dict[str, Any]:
     """Write ``splits`` (frames with an int32 column per field and a ``label`` column) as a dataset dir, atomically.
 
     ``fields``: ``[{"name", "kind", "vocab_size"}, ...]`` in column order (offsets are added here);
-    ``extra_files``: ``{file name: writer(path)}`` for additional files inside the directory.
+    ``extra_files``: ``{file name: writer(path)}`` for additional files inside the directory; ``drop_empty``: leave out
+    splits without rows (a missing or empty ``train`` split is then an error).
     Returns the ``meta.json`` dict.
     """
     names = [f["name"] for f in fields]
@@ -47,11 +54,18 @@ def write_dataset(
                 pl.len().alias("rows"), pl.col(LABEL).cast(pl.Int64).sum().alias("positives")
             )
             row = counts.collect().row(0, named=True)
+            if drop_empty and row["rows"] == 0:
+                (tmp / f"{split}.parquet").unlink()
+                continue
             split_meta[split] = {
                 "file": f"{split}.parquet",
                 "rows": int(row["rows"]),
                 "positives": int(row["positives"] or 0),
             }
+        if drop_empty and "train" in splits and "train" not in split_meta:
+            raise UserError(f"{out_dir}: no training rows (all rows were skipped or went to other splits)")
+        if not split_meta:
+            raise UserError(f"{out_dir}: no rows to write")
         offset = 0
         field_meta = []
         for f in fields:
@@ -75,3 +89,317 @@ def write_dataset(
             writer(tmp / file_name)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
+
+
+# ------------------------------------------------------------------------------------------------ the preprocess job
+
+FORMATS = ("criteo", "avazu", "csv", "parquet", "libfm", "movielens")
+HASH_SEED = 20240607  # tokens are grouped and looked up by their 64-bit hash (re-hashed from vocab.parquet on apply)
+VOCAB_FILE = "vocab.parquet"
+TRANSFORM_FILE = "transform.json"
+SPLIT = "__split"
+FILE = "__file"
+SPLIT_CODES = {"train": 0, "valid": 1, "test": 2}
+
+
+@dataclass
+class Options:
+    """Every option of ``dcollapse preprocess`` (stored verbatim in ``meta.json["options"]``)."""
+
+    format: str | None = None
+    label: str | None = None
+    categorical: list[str] = field(default_factory=list)
+    numeric: list[str] = field(default_factory=list)
+    numeric_bins: str = "log"
+    separator: str = ","
+    header: bool = True
+    min_count: int = 1
+    valid_frac: float = 0.1
+    test_frac: float = 0.1
+    seed: int = 0
+    split_files: bool = False
+    apply: str | None = None
+    bad_rows: str = "error"
+
+
+def log_bin(value: pl.Expr) -> pl.Expr:
+    """The Criteo convention for a numeric value v: ``int(ln(v)^2)`` when v > 2, else v itself (null stays null)."""
+    return pl.when(value > 2).then((value.log() ** 2).floor()).otherwise(value)
+
+
+def quantile_bin(value: pl.Expr, edges: list[float]) -> pl.Expr:
+    """Bin index = number of ``edges`` strictly below v (0..len(edges)); null stays null."""
+    if not edges:
+        return pl.when(value.is_not_null()).then(pl.lit(0.0))
+    return pl.when(value.is_not_null()).then(pl.sum_horizontal([(value > e) for e in edges]).cast(pl.Float64))
+
+
+def preprocess(
+    inputs: list[str | Path],
+    out_dir: str | Path,
+    options: Options,
+    *,
+    overwrite: bool = False,
+    on_stage: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run the whole job: read ``inputs``, validate rows, build (or apply) vocabularies, split, write ``out_dir``.
+
+    Returns the ``meta.json`` dict. Raises :class:`UserError` (nothing written) on bad input.
+    """
+    stage = on_stage or (lambda _: None)
+    opts = _validated(options)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise UserError(f"{out_dir}: already exists (pass --overwrite to replace it)")
+    paths = _existing(inputs)
+    transform = _load_transform(Path(opts.apply)) if opts.apply else None
+    if transform is not None:
+        for key in ("format", "label", "categorical", "numeric", "numeric_bins", "separator"):
+            setattr(opts, key, transform["options"][key])
+    source = formats.read(opts.format, paths, asdict(opts))
+    frame = _combine(source, opts)
+    stage("checking rows and counting values")
+    numeric_edges = transform["numeric_edges"] if transform else _numeric_edges(frame, source, opts)
+    tokens = _tokens(frame, source, opts, numeric_edges)
+    names = [name for name, _ in source.fields]
+    if transform is not None and names != [f["name"] for f in transform["fields"]]:
+        raise UserError(f"{paths[0]}: fields differ from the dataset in --apply {opts.apply}")
+    vocab_queries = [] if transform else [_count_query(tokens, n) for n in names]
+    checks = [
+        tokens.group_by(FILE).agg(pl.len().alias("rows")),
+        tokens.filter(pl.col(BAD).is_not_null()).select(
+            pl.len().alias("bad"), pl.col(FILE).first(), pl.col(LINE).first(), pl.col(BAD).first()
+        ),
+    ]
+    results = _collect(pl.collect_all, [*checks, *vocab_queries], paths)
+    per_file, bad = results[0], results[1]
+    for k, path in enumerate(source.files if opts.format != "movielens" else source.files[:1]):
+        if per_file.filter(pl.col(FILE) == k).height == 0:
+            raise UserError(f"{path}: empty file (no data rows)")
+    skipped = int(bad["bad"][0])
+    if skipped and opts.bad_rows == "error":
+        where = source.files[int(bad[FILE][0])]
+        raise UserError(f"{where}, {'row' if opts.format == 'parquet' else 'line'} {bad[LINE][0]}: {bad[BAD][0]}")
+    stage("building vocabularies")
+    if transform is not None:
+        vocab = transform["vocab"]
+        fields_meta = transform["fields"]
+    else:
+        vocab = _build_vocab(names, results[2:], opts.min_count)
+        sizes = vocab.group_by("field").agg(pl.col("id").max()).to_dict(as_series=False)
+        size_of = dict(zip(sizes["field"], sizes["id"], strict=True))
+        fields_meta = [{"name": n, "kind": kind, "vocab_size": int(size_of.get(n, 1)) + 1} for n, kind in source.fields]
+    stage("encoding and writing splits")
+    encoded = _encode(tokens.filter(pl.col(BAD).is_null()), names, vocab)
+    splits = _split_names(opts)
+    parts = {s: encoded.filter(pl.col(SPLIT) == SPLIT_CODES[s]) for s in splits}
+    transform_doc = {
+        "options": asdict(opts),
+        "numeric_edges": numeric_edges,
+        "fields": [{k: f[k] for k in ("name", "kind", "vocab_size")} for f in fields_meta],
+        "hash_seed": HASH_SEED,
+    }
+    try:
+        meta = write_dataset(
+            out_dir,
+            parts,
+            fields_meta,
+            name=out_dir.name,
+            options=asdict(options if transform is None else opts),
+            input_hash=input_hash(source.files),
+            skipped_rows=skipped,
+            overwrite=overwrite,
+            extra_files={
+                VOCAB_FILE: lambda p: vocab.select("field", "token", "id", "count").write_parquet(p),
+                TRANSFORM_FILE: lambda p: p.write_text(json.dumps(transform_doc, indent=2) + "\n"),
+            },
+            drop_empty=True,
+        )
+    except pl.exceptions.PolarsError as exc:
+        raise UserError(f"{paths[0]}: cannot read ({formats.first_line(exc)})") from None
+    return meta
+
+
+def _validated(options: Options) -> Options:
+    opts = replace(options, categorical=_comma_list(options.categorical), numeric=_comma_list(options.numeric))
+    if opts.apply is None and opts.format not in FORMATS:
+        raise UserError(f"--format must be one of {', '.join(FORMATS)} (got {opts.format!r})")
+    if opts.bad_rows not in ("error", "skip"):
+        raise UserError(f"--bad-rows must be 'error' or 'skip' (got {opts.bad_rows!r})")
+    if opts.min_count < 1:
+        raise UserError(f"--min-count must be >= 1 (got {opts.min_count})")
+    if not (0 <= opts.valid_frac < 1 and 0 <= opts.test_frac < 1 and opts.valid_frac + opts.test_frac < 1):
+        raise UserError(f"--valid-frac/--test-frac must be >= 0 with sum < 1 (got {opts.valid_frac}, {opts.test_frac})")
+    if opts.numeric_bins != "log" and not (opts.numeric_bins.isdigit() and int(opts.numeric_bins) >= 2):
+        raise UserError(f"--numeric-bins must be 'log' or an integer >= 2 (got {opts.numeric_bins!r})")
+    if len(opts.separator) != 1:
+        raise UserError(f"--separator must be one character (got {opts.separator!r})")
+    return opts
+
+
+def _comma_list(values: list[str]) -> list[str]:
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+def _existing(inputs: list[str | Path]) -> list[Path]:
+    if not inputs:
+        raise UserError("no input files given")
+    paths = [Path(p) for p in inputs]
+    for p in paths:
+        if not p.exists():
+            raise UserError(f"{p}: no such file or directory")
+        if p.is_file() and p.stat().st_size == 0:
+            raise UserError(f"{p}: empty file (no data rows)")
+    return paths
+
+
+def _combine(source: formats.Source, opts: Options) -> pl.LazyFrame:
+    """Concatenate the per-file frames with ``__file`` and the split code ``__split`` (0 train, 1 valid, 2 test)."""
+    frames = [lf.with_columns(pl.lit(k, dtype=pl.UInt32).alias(FILE)) for k, lf in enumerate(source.frames)]
+    lf = pl.concat(frames, how="vertical")
+    # A seeded uniform number per row from (file, line): stable under streaming and independent of chunking.
+    u = (pl.struct(FILE, LINE).hash(opts.seed) % 1_000_003).cast(pl.Float64) / 1_000_003
+    if opts.apply and not opts.split_files:
+        split = pl.lit(SPLIT_CODES["test"], dtype=pl.Int8)
+    elif opts.split_files:
+        n = len(source.frames)
+        if n not in (2, 3):
+            raise UserError(f"--split-files needs 2 (train, test) or 3 (train, valid, test) inputs, got {n}")
+        codes = [0, 2] if n == 2 else [0, 1, 2]
+        by_file = pl.lit(codes[0], dtype=pl.Int8)
+        for k, code in enumerate(codes[1:], start=1):
+            by_file = pl.when(pl.col(FILE) == k).then(pl.lit(code, dtype=pl.Int8)).otherwise(by_file)
+        # With two files, the validation split is carved from the train file with --valid-frac.
+        carve = (pl.col(FILE) == 0) & (u < opts.valid_frac) if n == 2 else pl.lit(False)
+        split = pl.when(carve).then(pl.lit(1, dtype=pl.Int8)).otherwise(by_file)
+    else:
+        split = (
+            pl.when(u < opts.valid_frac)
+            .then(pl.lit(1, dtype=pl.Int8))
+            .when(u < opts.valid_frac + opts.test_frac)
+            .then(pl.lit(2, dtype=pl.Int8))
+            .otherwise(pl.lit(0, dtype=pl.Int8))
+        )
+    return lf.with_columns(split.alias(SPLIT))
+
+
+def _split_names(opts: Options) -> list[str]:
+    if opts.apply and not opts.split_files:
+        return ["test"]
+    return ["train", "valid", "test"]
+
+
+def _numeric_edges(frame: pl.LazyFrame, source: formats.Source, opts: Options) -> dict[str, list[float]]:
+    """Quantile bin edges per numeric field from the good training rows (only with an integer --numeric-bins)."""
+    numeric = [n for n, kind in source.fields if kind == formats.NUMERIC]
+    if opts.format == "criteo" or opts.numeric_bins == "log" or not numeric:
+        return {}
+    bins = int(opts.numeric_bins)
+    qs = [k / bins for k in range(1, bins)]
+    train = frame.filter((pl.col(SPLIT) == 0) & pl.col(BAD).is_null())
+    row = _collect(
+        lambda q, **kw: [q[0].collect(**kw)],
+        [train.select([pl.col(n).quantile(q).alias(f"{n}|{i}") for n in numeric for i, q in enumerate(qs)])],
+        source.files,
+    )[0].row(0, named=True)
+    edges = {}
+    for n in numeric:
+        values = [row[f"{n}|{i}"] for i in range(len(qs))]
+        edges[n] = sorted({float(v) for v in values if v is not None and v == v})
+    return edges
+
+
+def _tokens(frame: pl.LazyFrame, source: formats.Source, opts: Options, edges: dict[str, list[float]]) -> pl.LazyFrame:
+    """Numeric fields -> String tokens of their bin (log rule or quantile bins); categorical fields unchanged."""
+    exprs = []
+    for name, kind in source.fields:
+        if kind != formats.NUMERIC:
+            continue
+        value = pl.col(name)
+        binned = quantile_bin(value, edges[name]) if name in edges else log_bin(value)
+        exprs.append(binned.cast(pl.String).alias(name))
+    return frame.with_columns(exprs) if exprs else frame
+
+
+def _count_query(tokens: pl.LazyFrame, name: str) -> pl.LazyFrame:
+    """Per distinct token of field ``name`` in the good training rows: its hash, count and spelling."""
+    col = pl.col(name)
+    return (
+        tokens.filter((pl.col(SPLIT) == 0) & pl.col(BAD).is_null() & col.is_not_null())
+        .group_by(col.hash(HASH_SEED).alias("hash"))
+        .agg(pl.len().alias("count"), col.first().alias("token"))
+    )
+
+
+def _build_vocab(names: list[str], counts: list[pl.DataFrame], min_count: int) -> pl.DataFrame:
+    """One frame (field, token, hash, id, count): ids 2.. by decreasing count, ties by token (0 = OOV, 1 = missing)."""
+    parts = []
+    for name, frame in zip(names, counts, strict=True):
+        kept = frame.filter(pl.col("count") >= min_count).sort(["count", "token"], descending=[True, False])
+        parts.append(
+            kept.select(
+                pl.lit(name).alias("field"),
+                pl.col("token"),
+                pl.col("hash"),
+                (pl.int_range(pl.len(), dtype=pl.Int64) + 2).alias("id"),
+                pl.col("count").cast(pl.Int64),
+            )
+        )
+    empty = pl.DataFrame(schema={"field": pl.String, "token": pl.String, "hash": pl.UInt64, "id": pl.Int64,
+                                 "count": pl.Int64})  # fmt: skip
+    return pl.concat([empty, *parts], how="vertical")
+
+
+def _encode(tokens: pl.LazyFrame, names: list[str], vocab: pl.DataFrame) -> pl.LazyFrame:
+    """Tokens -> int32 local ids: missing -> 1, unknown or rare -> 0."""
+    exprs = []
+    for name in names:
+        v = vocab.filter(pl.col("field") == name)
+        col = pl.col(name)
+        ids = col.hash(HASH_SEED).replace_strict(v["hash"], v["id"], default=0, return_dtype=pl.Int32)
+        exprs.append(pl.when(col.is_null()).then(pl.lit(1, dtype=pl.Int32)).otherwise(ids).alias(name))
+    return tokens.select(*exprs, pl.col(formats.LABEL), pl.col(SPLIT))
+
+
+def _collect(collect: Callable[..., list[pl.DataFrame]], queries: list[pl.LazyFrame], files: list[Path]):
+    """Run ``queries`` with the streaming engine; Polars read errors become one-line UserErrors naming the file."""
+    try:
+        return collect(queries, engine="streaming")
+    except pl.exceptions.PolarsError as exc:
+        culprit = _unreadable(files) or files[0]
+        raise UserError(f"{culprit}: cannot read ({formats.first_line(exc)})") from None
+
+
+def _unreadable(files: list[Path]) -> Path | None:
+    for path in files:
+        if path.is_file():
+            try:
+                pl.scan_lines(path).select(pl.col("line").str.len_bytes().sum()).collect()
+            except pl.exceptions.PolarsError:
+                return path
+    return None
+
+
+def input_hash(files: list[Path]) -> str:
+    """sha256 over the bytes of ``files`` in order (names excluded)."""
+    digest = hashlib.sha256()
+    for path in files:
+        with path.open("rb") as fh:
+            digest.update(hashlib.file_digest(fh, "sha256").digest())
+    return "sha256:" + digest.hexdigest()
+
+
+def _load_transform(data_dir: Path) -> dict[str, Any]:
+    """The saved vocabularies and options of an existing dataset, for ``--apply``."""
+    path = data_dir / TRANSFORM_FILE
+    if not (data_dir / "meta.json").is_file() or not path.is_file() or not (data_dir / VOCAB_FILE).is_file():
+        raise UserError(
+            f"{data_dir}: not a dataset written by `dcollapse preprocess` (no {TRANSFORM_FILE}/{VOCAB_FILE})"
+        )
+    try:
+        doc = json.loads(path.read_text())
+        vocab = pl.read_parquet(data_dir / VOCAB_FILE)
+    except (json.JSONDecodeError, pl.exceptions.PolarsError, OSError) as exc:
+        raise UserError(f"{path}: unreadable saved transform ({formats.first_line(exc)})") from None
+    doc["vocab"] = vocab.with_columns(pl.col("token").hash(HASH_SEED).alias("hash"))
+    return doc
