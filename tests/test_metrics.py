@@ -163,7 +163,7 @@ class LinearTwoBranch(nn.Module):
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.table[ids.long() + self.offsets]
 
-    def forward_from_embeddings(self, e: torch.Tensor, detach: str | None = None) -> torch.Tensor:
+    def forward_from_embeddings(self, e: torch.Tensor, detach: str | None = None, ids=None) -> torch.Tensor:
         e_int = e.detach() if detach == "interaction" else e
         e_dnn = e.detach() if detach == "dnn" else e
         return (e_int * self.w).sum((1, 2)) + (e_dnn * self.v).sum((1, 2))

@@ -133,7 +133,8 @@ def embedding_gradients(model: nn.Module, ids: torch.Tensor, labels: torch.Tenso
 
     Keys: "total", and for models with a DNN (``model.mlp`` not None) "interaction" (E detached where the
     DNN reads it) and "dnn" (E detached where the interaction reads it); the two sum to "total".
-    Rows are processed in chunks; each sample's gradient depends on that sample only (eval mode).
+    Rows are processed in chunks; each sample's gradient depends on that sample only (eval mode). The ids also go
+    to ``forward_from_embeddings`` so id-only terms (textbook FM's first order) enter the loss.
     """
     detach_for = {"total": None}
     if getattr(model, "mlp", None) is not None:
@@ -146,7 +147,7 @@ def embedding_gradients(model: nn.Module, ids: torch.Tensor, labels: torch.Tenso
         y = labels[lo : lo + CHUNK_ROWS].to(e.dtype)
         for key, detach in detach_for.items():
             leaf = e.clone().requires_grad_(True)
-            logits = model.forward_from_embeddings(leaf, detach=detach)
+            logits = model.forward_from_embeddings(leaf, detach=detach, ids=ids[lo : lo + CHUNK_ROWS])
             loss = F_nn.binary_cross_entropy_with_logits(logits, y, reduction="sum") / n
             (grad,) = torch.autograd.grad(loss, leaf, allow_unused=True)
             grads[key].append((torch.zeros_like(leaf) if grad is None else grad).flatten(1))

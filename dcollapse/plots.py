@@ -1,0 +1,110 @@
+"""PNG plots shared by the reports: normalized spectra on a log scale, as small multiples or overlaid.
+
+matplotlib's object API with the Agg canvas only (no pyplot, no global state, no display needed); every file is
+written atomically through :func:`dcollapse.io.atomic_path`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from dcollapse.errors import UserError
+from dcollapse.io import atomic_path
+
+FLOOR = 1e-7  # values at or below this (exact zeros of rank-deficient spectra) are not drawn on the log axis
+SPECTRUM_YLABEL = "s_i / s_1 (log)"
+
+
+def check_png_path(path: str | Path) -> Path:
+    """The output path of a plot, refused with a one-line :class:`UserError` unless it ends in ``.png``."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise UserError(f"{path}: plot files are PNG; give a name ending in .png")
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory; give a file name ending in .png")
+    return path
+
+
+def _log_ready(values: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """(1-based index, values) with non-positive / sub-floor entries masked as NaN for a log axis."""
+    v = np.asarray(values, dtype=np.float64)
+    return np.arange(1, v.size + 1), np.where(v > FLOOR, v, np.nan)
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    path = check_png_path(path)
+    FigureCanvasAgg(fig)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    return path
+
+
+def spectrum_grid(
+    panels: Mapping[str, Sequence[float]],
+    path: str | Path,
+    title: str,
+    *,
+    subtitles: Mapping[str, str] | None = None,
+    highlight: Sequence[str] = (),
+    columns: int = 6,
+) -> Path:
+    """Small multiples: one log-scale panel per normalized spectrum (descending, s / s_1), shared y axis.
+
+    ``panels`` maps a panel title to its values; ``subtitles`` adds a second line per panel (e.g. "IA 3.2");
+    panels named in ``highlight`` are drawn in a second colour (e.g. the batch matrix beside the fields).
+    """
+    if not panels:
+        raise ValueError("no spectra to plot")
+    n = len(panels)
+    cols = min(columns, n)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(2.3 * cols + 0.6, 2.0 * rows + 0.8), layout="constrained")
+    axes = fig.subplots(rows, cols, sharey=True, squeeze=False)
+    low = min((v for vals in panels.values() for v in vals if v > FLOOR), default=1e-3)
+    for ax, (name, values) in zip(axes.flat, panels.items(), strict=False):
+        x, y = _log_ready(values)
+        ax.plot(x, y, marker="o", markersize=2.5, linewidth=1.2, color="tab:red" if name in highlight else "tab:blue")
+        ax.set_yscale("log")
+        ax.set_ylim(max(low, FLOOR) / 2, 1.6)
+        ax.grid(True, which="major", alpha=0.3)
+        sub = (subtitles or {}).get(name)
+        ax.set_title(f"{name}\n{sub}" if sub else name, fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(SPECTRUM_YLABEL, fontsize=8)
+    for ax in axes[-1, :]:
+        ax.set_xlabel("index i", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def overlay_spectra(
+    series: Mapping[str, Sequence[float]],
+    path: str | Path,
+    title: str,
+    *,
+    ylabel: str = SPECTRUM_YLABEL,
+) -> Path:
+    """One log-scale axis with one line per normalized spectrum (descending, s / s_1), legend by key."""
+    if not series:
+        raise ValueError("no spectra to plot")
+    fig = Figure(figsize=(7.0, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for label, values in series.items():
+        x, y = _log_ready(values)
+        ax.plot(x, y, linewidth=1.6, label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("index i")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=8, loc="lower left")
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
