@@ -1,0 +1,70 @@
+"""Neural collapse statistics NC1 and NC2 of a feature matrix with class labels.
+
+For features h_i [N, p] with labels y_i in K classes, class means mu_c and mu_G = mean of the class means:
+
+    Sigma_B = (1/K) sum_c (mu_c - mu_G)(mu_c - mu_G)^T
+    Sigma_W = (1/N) sum_c sum_{i in c} (h_i - mu_c)(h_i - mu_c)^T
+    NC1     = tr(Sigma_W) / tr(Sigma_B)
+
+(The reference code of Beaglehole et al. divides Sigma_W by K*N instead of N; that is a constant factor 1/K.)
+NC2 = mean over the K x K entries of (M~ M~^T - E)^2, with M~ the class means centred by mu_G and normalised to
+unit length, and E = K/(K-1) I - 1/(K-1) 11^T the Gram matrix of a simplex equiangular tight frame.
+For K = 2 the two centred means are always antipodal (mu_1 - mu_G = -(mu_2 - mu_G)), so NC2 = 0 by construction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class NCStats:
+    """NC statistics of one representation; traces of the within-class, between-class and total covariances."""
+
+    num_classes: int
+    tr_within: float
+    tr_between: float
+    tr_total: float
+    nc1: float
+    nc2: float
+
+
+def class_means(features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(means float64 [K, p], inverse [N]) for features [N, p] and labels [N]; classes in sorted label order."""
+    classes, inverse = torch.unique(labels, return_inverse=True)
+    h = features.detach().to(torch.float64)
+    sums = torch.zeros(len(classes), h.shape[1], dtype=torch.float64).index_add_(0, inverse, h)
+    counts = torch.bincount(inverse, minlength=len(classes)).to(torch.float64)
+    return sums / counts[:, None], inverse
+
+
+def nc2_from_means(means: torch.Tensor) -> float:
+    """Mean squared deviation of the centred, normalised class means [K, p] from the simplex ETF Gram (K >= 2)."""
+    k = means.shape[0]
+    if k < 2:
+        raise ValueError("NC2 needs at least two classes")
+    centred = means.to(torch.float64) - means.to(torch.float64).mean(dim=0, keepdim=True)
+    norms = centred.norm(dim=1, keepdim=True)
+    if bool((norms == 0).any()):
+        return float("nan")
+    unit = centred / norms
+    etf = torch.eye(k, dtype=torch.float64) * (k / (k - 1)) - 1.0 / (k - 1)
+    return float(((unit @ unit.T - etf) ** 2).mean())
+
+
+def nc_stats(features: torch.Tensor, labels: torch.Tensor) -> NCStats:
+    """NC1, NC2 and the covariance traces of features [N, p] with labels [N] (at least two classes)."""
+    if features.ndim != 2 or labels.ndim != 1 or features.shape[0] != labels.shape[0]:
+        raise ValueError(f"expected features [N, p] and labels [N], got {tuple(features.shape)}, {tuple(labels.shape)}")
+    means, inverse = class_means(features, labels)
+    if means.shape[0] < 2:
+        raise ValueError("neural collapse needs at least two classes among the labels")
+    h = features.detach().to(torch.float64)
+    n = h.shape[0]
+    tr_within = float(((h - means[inverse]) ** 2).sum() / n)
+    tr_between = float(((means - means.mean(dim=0)) ** 2).sum() / means.shape[0])
+    tr_total = float(((h - h.mean(dim=0)) ** 2).sum() / n)
+    nc1 = tr_within / tr_between if tr_between > 0 else float("inf")
+    return NCStats(means.shape[0], tr_within, tr_between, tr_total, nc1, nc2_from_means(means))
