@@ -65,7 +65,7 @@ def train_command(
     cross_layers: int | None = typer.Option(None, help="CrossNet layers.  [default: 3]"),
     cross_rank: int | None = typer.Option(None, help="CrossNet weight rank, 0 = full.  [default: 0]"),
     epochs: int | None = typer.Option(None, help="Maximum epochs.  [default: 100]"),
-    batch_size: int | None = typer.Option(None, help="Training batch size.  [default: 4096]"),
+    batch_size: int | None = typer.Option(None, help="Training batch size.  [default: 1024]"),
     lr: float | None = typer.Option(None, help="Learning rate.  [default: 0.001]"),
     optimizer: str | None = typer.Option(None, help="adam | adagrad | sgd.  [default: adam]"),
     l2_emb: float | None = typer.Option(None, help="L2 penalty on the embedding tables.  [default: 0]"),

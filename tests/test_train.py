@@ -1,0 +1,243 @@
+"""Training: Bayes-optimal AUC on planted data, checkpoints, resume, early stopping, determinism, the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from _ctr_fixtures import write_dataset
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.preprocessing import OneHotEncoder
+from typer.testing import CliRunner
+
+import dcollapse.train as training
+from dcollapse import checkpoint
+from dcollapse.cli.app import app
+from dcollapse.data.dataset import load_meta, load_split
+from dcollapse.data.synth import write_ctr_dataset
+from dcollapse.errors import UserError
+from dcollapse.models import load_model
+
+runner = CliRunner()
+SMALL = {"model": "fm", "arch": "parallel", "emb_dim": 4, "dnn": [16, 8], "batch_size": 256, "lr": 0.01}
+TIMING = ("seconds", "samples_per_s")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("tiny")
+    write_dataset(directory, [6, 5, 4, 7], {"train": 1500, "valid": 500, "test": 500})
+    return directory
+
+
+def untimed(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in entry.items() if k not in TIMING} for entry in history]
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+def test_fm_and_deepfm_reach_bayes_auc_on_planted_pairwise_data(tmp_path):
+    kw = {"vocab_sizes": [8] * 5, "rank": 2, "first_order_scale": 0.5, "pairwise_scale": 2.0, "zipf": 0.5}
+    probs = write_ctr_dataset(tmp_path / "d", 30_000, 5, 3, **kw)
+    test = pl.read_parquet(tmp_path / "d" / "test.parquet")
+    labels = test["label"].to_numpy()
+    bayes = roc_auc_score(labels, probs["test"])
+
+    train = pl.read_parquet(tmp_path / "d" / "train.parquet")
+    columns = [c for c in train.columns if c != "label"]
+    onehot = OneHotEncoder(handle_unknown="ignore").fit(train[columns].to_numpy())
+    first_order = LogisticRegression(max_iter=500).fit(onehot.transform(train[columns].to_numpy()), train["label"])
+    first_order_auc = roc_auc_score(labels, first_order.predict_proba(onehot.transform(test[columns].to_numpy()))[:, 1])
+
+    for arch in ("none", "parallel"):
+        config = {**SMALL, "arch": arch, "dnn": [32, 32], "batch_size": 512, "epochs": 4, "patience": 0}
+        result = training.train(tmp_path / "d", config, tmp_path / f"{arch}.pt")
+        assert result["test"]["auc"] > bayes - 0.02, (arch, result["test"], bayes)
+        assert result["test"]["auc"] > first_order_auc + 0.1, (arch, result["test"], first_order_auc)
+
+
+def test_checkpoint_holds_the_contract_and_the_best_model(tiny, tmp_path):
+    out = tmp_path / "run.pt"
+    result = training.train(tiny, {**SMALL, "epochs": 3, "patience": 0}, out)
+    ckpt = checkpoint.load(out)
+    assert ckpt["format"] == "dcollapse.checkpoint" and ckpt["kind"] == "ctr"
+    assert ckpt["data"] == {"path": str(tiny.resolve()), "hash": "test-hash"}
+    assert ckpt["meta"] == load_meta(tiny) and ckpt["config"]["model"] == "fm"
+    assert [h["epoch"] for h in ckpt["history"]] == [1, 2, 3]
+    entry = ckpt["history"][0]
+    assert set(entry) == {
+        "epoch", "train_loss", "valid_auc", "valid_logloss", "seconds", "samples_per_s", "rankme", "field_ia", "mean_ia"
+    }  # fmt: skip
+    assert len(entry["field_ia"]) == 4 and all(1.0 <= ia <= 4.0 + 1e-9 for ia in entry["field_ia"])
+    assert math.isclose(entry["mean_ia"], float(np.mean(entry["field_ia"])))
+    aucs = [h["valid_auc"] for h in ckpt["history"]]
+    assert ckpt["best_epoch"] == int(np.argmax(aucs)) + 1
+
+    model = load_model(ckpt)
+    valid = load_split(tiny, "valid")
+    probs = torch.sigmoid(model(valid.ids).double()).detach().numpy()
+    assert math.isclose(roc_auc_score(valid.labels.numpy(), probs), max(aucs), rel_tol=1e-9)
+    test = load_split(tiny, "test")
+    probs = torch.sigmoid(model(test.ids).double()).detach().numpy()
+    assert math.isclose(roc_auc_score(test.labels.numpy(), probs), result["test"]["auc"], rel_tol=1e-9)
+    # RankMe is that of the flattened embeddings of the whole (small) validation split
+    z = model.embed(valid.ids).flatten(1).detach().double()
+    s = torch.linalg.svdvals(z)
+    p = s / s.sum() + 1e-7
+    best_entry = ckpt["history"][ckpt["best_epoch"] - 1]
+    assert math.isclose(best_entry["rankme"], float(torch.exp(-(p * p.log()).sum())), rel_tol=1e-6)
+
+
+def test_same_seed_same_run_and_other_seed_differs(tiny, tmp_path):
+    config = {**SMALL, "epochs": 2, "dropout": 0.3, "patience": 0}
+    a = training.train(tiny, config, tmp_path / "a.pt")
+    b = training.train(tiny, config, tmp_path / "b.pt")
+    c = training.train(tiny, {**config, "seed": 1}, tmp_path / "c.pt")
+    assert untimed(a["history"]) == untimed(b["history"])
+    assert_same_weights(a["state_dict"], b["state_dict"])
+    assert untimed(a["history"]) != untimed(c["history"])
+
+
+def test_resume_ends_like_an_uninterrupted_run(tiny, tmp_path):
+    config = {**SMALL, "epochs": 4, "dropout": 0.2, "patience": 0}
+    full = training.train(tiny, config, tmp_path / "full.pt")
+    training.train(tiny, {**config, "epochs": 2}, tmp_path / "part.pt")
+    part = checkpoint.load(tmp_path / "part.pt")
+    resumed = training.train(tiny, {**part["config"], "epochs": 4}, tmp_path / "part.pt", resume=part)
+    assert untimed(resumed["history"]) == untimed(full["history"])
+    assert_same_weights(resumed["state_dict"], full["state_dict"])
+    assert resumed["test"] == full["test"] and resumed["best_epoch"] == full["best_epoch"]
+
+
+def test_early_stopping_after_patience_epochs_without_improvement(tmp_path):
+    rng = np.random.default_rng(0)
+    write_dataset(tmp_path / "noise", [20, 20, 20], {"train": 1000, "valid": 400})
+    for split in ("train", "valid"):  # labels independent of the features: validation AUC cannot keep improving
+        path = tmp_path / "noise" / f"{split}.parquet"
+        frame = pl.read_parquet(path)
+        frame.with_columns(label=pl.Series(rng.integers(0, 2, len(frame)).astype(np.int8))).write_parquet(path)
+    result = training.train(tmp_path / "noise", {**SMALL, "epochs": 30, "patience": 2}, tmp_path / "n.pt")
+    aucs = [h["valid_auc"] for h in result["history"]]
+    assert len(aucs) < 30 and result["test"] is None
+    best = int(np.argmax(aucs))
+    assert result["best_epoch"] == best + 1 and len(aucs) == best + 1 + 2
+    assert all(aucs[i] > max(aucs[:i]) for i in [best] if i > 0)
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_good_checkpoint(tiny, tmp_path, monkeypatch):
+    out = tmp_path / "run.pt"
+    original = training.train_step
+    calls = {"n": 0}
+
+    def poisoned(model, optimizer, ids, labels):
+        calls["n"] += 1
+        if calls["n"] == 8:  # epoch 2, step 2 (6 steps per epoch)
+            with torch.no_grad():
+                model.embedding.table.fill_(float("nan"))
+        return original(model, optimizer, ids, labels)
+
+    monkeypatch.setattr(training, "train_step", poisoned)
+    with pytest.raises(UserError, match="epoch 2, step 2"):
+        training.train(tiny, {**SMALL, "epochs": 3}, out)
+    ckpt = checkpoint.load(out)
+    assert len(ckpt["history"]) == 1 and torch.isfinite(ckpt["state_dict"]["embedding.table"]).all()
+
+
+def test_cli_train_config_file_eval_and_epoch_snapshots(tiny, tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text('model = "dot"\narch = "stacked"\ndnn = [8]\nemb-dim = 3\nepochs = 5\nbatch_size = 512\n')
+    out = tmp_path / "run.pt"
+    args = ["train", str(tiny), "--config", str(toml), "--epochs", "2", "--out", str(out), "--save-every-epoch"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    ckpt = checkpoint.load(out)
+    assert ckpt["config"]["model"] == "dot" and ckpt["config"]["emb_dim"] == 3 and ckpt["config"]["epochs"] == 2
+    assert len(ckpt["history"]) == 2
+    for epoch in (1, 2):
+        snap = checkpoint.load(tmp_path / f"run.epoch{epoch}.pt")
+        assert snap["epoch"] == epoch and len(snap["history"]) == epoch
+
+    result = runner.invoke(app, ["eval", str(out), "--split", "test", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["rows"] == 500 and math.isclose(report["auc"], ckpt["test"]["auc"], rel_tol=1e-9)
+    result = runner.invoke(app, ["eval", str(out), str(tiny), "--split", "valid"])
+    assert result.exit_code == 0 and "AUC" in result.stdout
+
+
+def test_cli_resume_continues_the_run(tiny, tmp_path):
+    out = tmp_path / "run.pt"
+    assert runner.invoke(app, ["train", str(tiny), "--epochs", "1", "--emb-dim", "4", "--out", str(out)]).exit_code == 0
+    result = runner.invoke(app, ["train", "--resume", str(out), "--epochs", "2"])
+    assert result.exit_code == 0, result.output
+    assert len(checkpoint.load(out)["history"]) == 2
+    result = runner.invoke(app, ["train", "--resume", str(out), "--emb-dim", "8"])
+    assert result.exit_code == 2 and "emb_dim" in result.output
+
+
+def test_cli_ctrl_c_keeps_best_so_far_and_exits_130(tiny, tmp_path, monkeypatch):
+    out = tmp_path / "run.pt"
+    original = training.train_epoch
+
+    def interrupted(*args, **kwargs):
+        if args[5] == 2:  # the epoch argument
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train_epoch", interrupted)
+    result = runner.invoke(app, ["train", str(tiny), "--epochs", "3", "--emb-dim", "4", "--out", str(out)])
+    assert result.exit_code == 130
+    ckpt = checkpoint.load(out)
+    assert len(ckpt["history"]) == 1 and ckpt["best_epoch"] == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "xdeepfm"], "model must be one of"),
+        (["--dnn", "4,x"], "--dnn"),
+        (["--optimizer", "lbfgs"], "optimizer must be one of"),
+    ],
+)
+def test_cli_bad_options_exit_2_without_output(tiny, tmp_path, args, message):
+    out = tmp_path / "run.pt"
+    result = runner.invoke(app, ["train", str(tiny), "--out", str(out), *args])
+    assert result.exit_code == 2 and message in result.output
+    assert not out.exists()
+
+
+def test_bad_checkpoints_are_refused_with_exit_2(tmp_path):
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    newer = tmp_path / "newer.pt"
+    torch.save({"format": "dcollapse.checkpoint", "version": 99, "config": {}, "meta": {}, "state_dict": {},
+                "history": []}, newer)  # fmt: skip
+    evil = tmp_path / "evil.pt"
+
+    class Exploit:
+        def __reduce__(self):
+            return (Path.touch, (tmp_path / "pwned",))
+
+    evil.write_bytes(pickle.dumps(Exploit()))
+    for path, message in ((foreign, "not a dcollapse checkpoint"), (newer, "newer"), (evil, "")):
+        result = runner.invoke(app, ["eval", str(path)])
+        assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_training_without_valid_split_is_a_user_error(tmp_path):
+    write_dataset(tmp_path / "d", [3, 3, 3], {"train": 50})
+    with pytest.raises(UserError, match="valid split"):
+        training.train(tmp_path / "d", SMALL, tmp_path / "x.pt")
+    assert not (tmp_path / "x.pt").exists()
