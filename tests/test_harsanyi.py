@@ -66,7 +66,6 @@ def test_fast_transforms_equal_dense_definitions(n):
     np.testing.assert_allclose(H.and_interactions(tv).numpy(), _dense_and(n) @ v, atol=1e-10)
     np.testing.assert_allclose(H.or_interactions(tv).numpy(), _dense_or(n) @ v, atol=1e-10)
     np.testing.assert_allclose(H.moebius_transpose(tv).numpy(), _dense_and(n).T @ v, atol=1e-10)
-    np.testing.assert_allclose(H._or_transpose(tv).numpy(), _dense_or(n).T @ v, atol=1e-10)
     np.testing.assert_allclose(H.zeta(H.moebius(tv)).numpy(), v, atol=1e-10)
 
 
@@ -138,7 +137,12 @@ def test_universal_matching_on_random_mlp():
 
 
 def _dense_sparse_reference(v, lr, niter, tau):
-    """The spec's extraction with dense matrices and torch autograd/SGD (float64), one sample v [2^n]."""
+    """The spec's extraction with dense matrices and torch autograd/SGD (float64), one sample v [2^n].
+
+    Runs on v / max|v| and scales gamma, q back (the library's documented normalisation).
+    """
+    scale = v.abs().max()
+    v = v / scale
     n = int(math.log2(v.shape[0]))
     m_and = torch.from_numpy(_dense_and(n))
     m_or = torch.from_numpy(_dense_or(n))
@@ -155,14 +159,15 @@ def _dense_sparse_reference(v, lr, niter, tau):
         opt.step()
         with torch.no_grad():
             q.clamp_(-bound, bound)
-    return gamma.detach(), q.detach()
+    return gamma.detach() * scale, q.detach() * scale
 
 
 def test_sparse_extraction_matches_dense_autograd_reference():
     v = _random_mlp_values(5, 2, seed=3)
-    ours = H.sparse_and_or(v, lr=1e-3, niter=200, tau=0.04)
+    ours = H.sparse_and_or(v, lr=1e-4, niter=200, tau=0.04)
+    assert float(ours.gamma.abs().max()) > 1e-2 and float(ours.q.abs().max()) > 1e-3  # the descent moved
     for s in range(2):
-        gamma, q = _dense_sparse_reference(v[:, s], lr=1e-3, niter=200, tau=0.04)
+        gamma, q = _dense_sparse_reference(v[:, s], lr=1e-4, niter=200, tau=0.04)
         torch.testing.assert_close(ours.gamma[:, s], gamma, atol=1e-9, rtol=0)
         torch.testing.assert_close(ours.q[:, s], q, atol=1e-9, rtol=0)
 
@@ -171,7 +176,7 @@ def test_sparse_extraction_is_sparser_and_still_matches():
     n = 8
     v = _random_mlp_values(n, 3, seed=1)
     dense = H.and_or(v)
-    sparse = H.sparse_and_or(v, lr=1e-4, niter=1500, tau=0.04)
+    sparse = H.sparse_and_or(v, niter=1500)
     assert (sparse.reconstruct() - (v + sparse.q)).abs().max() < 1e-5
     bound = 0.04 * (v[-1] - v[0]).abs()
     assert bool((sparse.q.abs() <= bound + 1e-12).all())

@@ -14,12 +14,13 @@ Definitions (Li & Zhang 2023; Chen et al. 2024; Zhang et al. 2024):
 - AND-OR split ``v_and = 0.5 (v + q) + gamma``, ``v_or = 0.5 (v + q) - gamma``, so that universal
   matching holds: ``v(x_T) + q_T = sum_{S subset T} I_and(S) + I_or(empty) + sum_{S cap T != empty} I_or(S)``.
 
-The subset sums are computed with the fast Moebius (subset-sum) transform, O(n 2^n) per sample,
-never with a dense 2^n x 2^n matrix.
+The subset sums are computed with a fast (radix-32 butterfly) Moebius / subset-sum transform,
+O(n 2^n) per sample, never with a dense 2^n x 2^n matrix.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -59,38 +60,55 @@ def num_players(table: torch.Tensor) -> int:
     return n
 
 
-def _butterfly(table: torch.Tensor, sign: float, superset: bool) -> torch.Tensor:
-    """One pass per player over a copy of ``table`` [2^n, ...] (float64 result).
+RADIX_BITS = 5  # players per butterfly stage: one batched [32 x 32] matmul per stage
 
-    For each player i, rows with bit i set (``hi``) and their partners without it (``lo``):
-    subset direction ``hi += sign * lo``; superset direction ``lo += sign * hi``.
+_FACTORS = {  # 2 x 2 factor [out bit, in bit] of each transform, per player
+    "moebius": ((1.0, 0.0), (-1.0, 1.0)),
+    "zeta": ((1.0, 0.0), (1.0, 1.0)),
+    "moebius_transpose": ((1.0, -1.0), (0.0, 1.0)),
+}
+
+
+@functools.cache
+def _stage_matrix(name: str, bits: int) -> torch.Tensor:
+    """float64 [2^bits, 2^bits]: the Kronecker power of the transform's 2 x 2 factor over ``bits`` players."""
+    factor = torch.tensor(_FACTORS[name], dtype=torch.float64)
+    out = torch.ones(1, 1, dtype=torch.float64)
+    for _ in range(bits):
+        out = torch.kron(out, factor)
+    return out
+
+
+def _transform(table: torch.Tensor, name: str) -> torch.Tensor:
+    """Apply a product-form transform to a set function [2^n, ...] (float64 result, same shape).
+
+    The 2^n x 2^n matrix is the n-fold Kronecker power of a 2 x 2 factor, so it is applied as a
+    radix-32 butterfly: players are taken RADIX_BITS at a time and each stage is one batched matmul
+    with a [32 x 32] block, O(n 2^n) multiply-adds (times 32 / RADIX_BITS); no 2^n x 2^n matrix exists.
     """
     n = num_players(table)
-    out = table.to(torch.float64).clone()
-    rest = out.shape[1:]
-    for i in range(n):
-        view = out.view(2 ** (n - 1 - i), 2, 2**i, *rest)
-        lo, hi = view[:, 0], view[:, 1]
-        if superset:
-            lo.add_(hi, alpha=sign)
-        else:
-            hi.add_(lo, alpha=sign)
-    return out
+    out = table.to(torch.float64)
+    columns = out[0].numel() if out.dim() > 1 else 1
+    for low in range(0, n, RADIX_BITS):
+        bits = min(RADIX_BITS, n - low)
+        stage = out.reshape(2 ** (n - low - bits), 2**bits, 2**low * columns)
+        out = torch.matmul(_stage_matrix(name, bits), stage)
+    return out.reshape(table.shape)
 
 
 def moebius(values: torch.Tensor) -> torch.Tensor:
     """Moebius transform over subsets, [2^n, ...] -> [2^n, ...]: ``f(S) = sum_{T subset S} (-1)^{|S|-|T|} v(T)``."""
-    return _butterfly(values, -1.0, superset=False)
+    return _transform(values, "moebius")
 
 
 def zeta(values: torch.Tensor) -> torch.Tensor:
     """Subset-sum transform (inverse of :func:`moebius`): ``g(T) = sum_{S subset T} f(S)``; [2^n, ...]."""
-    return _butterfly(values, 1.0, superset=False)
+    return _transform(values, "zeta")
 
 
 def moebius_transpose(values: torch.Tensor) -> torch.Tensor:
     """Transpose of :func:`moebius`: ``h(T) = sum_{S superset T} (-1)^{|S|-|T|} y(S)``; [2^n, ...]."""
-    return _butterfly(values, -1.0, superset=True)
+    return _transform(values, "moebius_transpose")
 
 
 def and_interactions(v_and: torch.Tensor) -> torch.Tensor:
@@ -105,15 +123,6 @@ def or_interactions(v_or: torch.Tensor) -> torch.Tensor:
     """
     out = -moebius(v_or.flip(0))
     out[0] = v_or[0].to(torch.float64)
-    return out
-
-
-def _or_transpose(grad: torch.Tensor) -> torch.Tensor:
-    """Transpose of the linear map :func:`or_interactions`, [2^n, ...] -> [2^n, ...]."""
-    inner = grad.to(torch.float64).clone()
-    inner[0] = 0.0
-    out = -moebius_transpose(inner).flip(0)
-    out[0] += grad[0]
     return out
 
 
@@ -197,37 +206,48 @@ def harsanyi(values: torch.Tensor) -> AndOr:
 
 
 def sparse_and_or(
-    values: torch.Tensor, lr: float = 1e-5, niter: int = 10_000, tau: float = 0.04, momentum: float = 0.9
+    values: torch.Tensor, lr: float = 1e-6, niter: int = 5000, tau: float = 0.04, momentum: float = 0.9
 ) -> AndOr:
     """The sparsest AND-OR split of ``values`` [2^n, S] (each column, i.e. sample, independently).
 
     Minimises ``sum_S |I_and(S)| + sum_S |I_or(S)|`` over gamma and q (both start at 0) with SGD
     (momentum 0.9, PyTorch's convention ``buf = momentum * buf + grad; x -= lr_t * buf``), the learning
     rate decaying log-uniformly from ``lr`` to ``lr / 10`` over ``niter`` steps, and q clipped to
-    ``|q_T| <= tau |v(x_N) - v(x_empty)|`` after every step. The L1 subgradient is ``sign(I)``, pulled
-    back through the transposed transforms (exact, no autograd).
+    ``|q_T| <= tau |v(x_N) - v(x_empty)|`` after every step. The descent runs on each sample's v divided
+    by its max_T |v(x_T)| (the problem is positively homogeneous: the minimiser scales back exactly), so
+    ``lr`` is in units of that normalised v and one default suits models of any logit scale. The L1
+    subgradient is ``sign(I)``, pulled back through the transposed transform (exact, no autograd).
     """
     if niter < 1 or lr <= 0 or tau < 0:
         raise UserError(f"sparse extraction needs niter >= 1, lr > 0, tau >= 0 (got {niter}, {lr}, {tau})")
-    values = values.to(torch.float64)
-    if values.dim() == 1:
-        values = values[:, None]
+    original = values.to(torch.float64)
+    if original.dim() == 1:
+        original = original[:, None]
+    scale = original.abs().amax(dim=0).clamp(min=torch.finfo(torch.float64).tiny)  # [S]
+    values = original / scale
     bound = tau * (values[-1] - values[0]).abs()
     gamma = torch.zeros_like(values)
     q = torch.zeros_like(values)
     buf_gamma = torch.zeros_like(values)
     buf_q = torch.zeros_like(values)
     rates = torch.logspace(math.log10(lr), math.log10(lr) - 1, niter, dtype=torch.float64).tolist()
+    samples = values.shape[1]
     for rate in rates:
         half = 0.5 * (values + q)
-        g_and = moebius_transpose(torch.sign(and_interactions(half + gamma)))
-        g_or = _or_transpose(torch.sign(or_interactions(half - gamma)))
-        buf_gamma.mul_(momentum).add_(g_and - g_or)
-        buf_q.mul_(momentum).add_(0.5 * (g_and + g_or))
+        # one transform for both parts: I_and = y[:, :S]; I_or(T) = -y[T, S:] for T non-empty
+        y = moebius(torch.cat([half + gamma, (half - gamma).flip(0)], dim=1))
+        signs = torch.sign(y)  # d|I_or|/d(-y) * -1 = sign(y): the OR minus sign cancels
+        signs[0, samples:] = 0.0  # I_or(empty) = v_or(x_empty) does not come from the transform
+        grad = moebius_transpose(signs)
+        grad_and = grad[:, :samples]
+        grad_or = grad[:, samples:].flip(0)
+        grad_or[0] += torch.sign(half[0] - gamma[0])
+        buf_gamma.mul_(momentum).add_(grad_and - grad_or)
+        buf_q.mul_(momentum).add_(0.5 * (grad_and + grad_or))
         gamma.sub_(rate * buf_gamma)
         q.sub_(rate * buf_q)
         q = torch.maximum(torch.minimum(q, bound), -bound)
-    return and_or(values, gamma, q)
+    return and_or(original, gamma * scale, q * scale)
 
 
 # Summaries: order-wise strength distribution, salient interactions
