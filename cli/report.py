@@ -216,7 +216,11 @@ def report_table(title: str, columns: list[str], left: int = 1, bar: bool = Fals
 
 def render_spectrum(doc: dict[str, Any]) -> None:
     data = doc["dataset"]
-    out.print(f"[bold]{doc['checkpoint']}[/]: {model_line(doc['model'])}; dataset {data['name']}", highlight=False)
+    out.print(
+        f"[bold]{doc['checkpoint']}[/]: {model_line(doc['model'])}; dataset {data['name']}",
+        highlight=False,
+        soft_wrap=True,
+    )
     dim = doc["field_summary"]["dim"]
     table = report_table(
         f"Embedding table per field (d = {dim})", ["field", "vocab", "IA", "RankMe", "stable rank"], bar=True
@@ -240,7 +244,7 @@ def render_spectrum(doc: dict[str, Any]) -> None:
 
     batch = doc["batch"]
     if batch is None:
-        out.print(f"[yellow]batch metrics skipped:[/] {data['skipped']}", highlight=False)
+        out.print(f"[yellow]batch metrics skipped:[/] {data['skipped']}", highlight=False, soft_wrap=True)
     else:
         title = f"Batch matrix Z: {batch['rows']:,} {batch['split']} rows x {batch['dim']} (F*d), seed {batch['seed']}"
         table = report_table(title, ["matrix", "RankMe", "IA", "stable rank", ">1e-3"], bar=True)
@@ -330,7 +334,7 @@ def spectrum(
     else:
         render_spectrum(doc)
     if plot is not None:
-        err.print(f"wrote {plot}", highlight=False)
+        err.print(f"wrote {plot}", highlight=False, soft_wrap=True)
     if failures:
         raise CheckFailed(f"{checkpoint_path}: " + "; ".join(failures))
 
@@ -417,7 +421,7 @@ def render_compare(doc: dict[str, Any]) -> None:
     table.caption += "".join(f"\n{note}" for note in notes)
     out.print(table)
     for note in doc["notes"]:
-        out.print(f"[yellow]note:[/] {note}", highlight=False)
+        out.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
 
 
 @handles_errors
@@ -483,7 +487,7 @@ def compare(
     else:
         render_compare(doc)
     if plot is not None:
-        err.print(f"wrote {plot}", highlight=False)
+        err.print(f"wrote {plot}", highlight=False, soft_wrap=True)
 
 
 def render_gradients(doc: dict[str, Any]) -> None:
@@ -563,7 +567,7 @@ def gradients(
     else:
         render_gradients(doc)
     if plot is not None:
-        err.print(f"wrote {plot}", highlight=False)
+        err.print(f"wrote {plot}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

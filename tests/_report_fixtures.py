@@ -21,9 +21,9 @@ from dcollapse.models import MODEL_DEFAULTS, build_model
 VOCAB = [12, 40, 7, 60, 25]
 
 
-def make_dataset(directory: Path, rows: int = 3000, seed: int = 0) -> Path:
-    """A preprocessed synthetic dataset (train/valid/test) with 5 fields."""
-    write_ctr_dataset(directory, rows, len(VOCAB), seed, vocab_sizes=VOCAB)
+def make_dataset(directory: Path, rows: int = 2000, seed: int = 0, vocab: list[int] = VOCAB) -> Path:
+    """A preprocessed synthetic dataset (train/valid/test) with one field per entry of ``vocab``."""
+    write_ctr_dataset(directory, rows, len(vocab), seed, vocab_sizes=vocab)
     return directory
 
 
