@@ -77,7 +77,11 @@ def make_optimizer(model: CTRModel, config: dict[str, Any]) -> torch.optim.Optim
     ids = {id(p) for p in tables}
     others = [p for p in model.parameters() if id(p) not in ids and p.requires_grad]
     groups = [{"params": tables, "weight_decay": float(config["l2_emb"])}, {"params": others, "weight_decay": 0.0}]
-    return OPTIMIZERS[config["optimizer"]](groups, lr=float(config["lr"]))
+    optimizer = OPTIMIZERS[config["optimizer"]]
+    try:  # the fused single-pass update is several times faster than the default, on CPU as on CUDA
+        return optimizer(groups, lr=float(config["lr"]), fused=True)
+    except (RuntimeError, TypeError, ValueError):  # older torch, or a device without the fused kernel
+        return optimizer(groups, lr=float(config["lr"]))
 
 
 def seed_epoch(seed: int, epoch: int) -> torch.Generator:
