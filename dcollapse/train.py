@@ -27,7 +27,7 @@ from torch.nn import functional
 from dcollapse import checkpoint
 from dcollapse.data.dataset import Split, load_meta, load_split
 from dcollapse.errors import UserError
-from dcollapse.metrics.spectrum import information_abundance, rankme, singular_values
+from dcollapse.metrics.spectrum import field_singular_values, information_abundance, rankme, singular_values
 from dcollapse.models import CTRModel, build_model, model_config
 
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -151,10 +151,8 @@ def collapse_snapshot(model: CTRModel, ids: torch.Tensor) -> dict[str, Any]:
     """RankMe of Z = flat embeddings [B, F*d_total] of the fixed batch ``ids`` [B, F], and per-field information
     abundance of each field's table [V_f, d_total] (its mean over fields as ``mean_ia``)."""
     Z = torch.cat([model.embed(ids[i : i + EVAL_BATCH]).flatten(1) for i in range(0, len(ids), EVAL_BATCH)])
-    field_ia = [
-        information_abundance(singular_values(model.embedding.field_table(f)))
-        for f in range(model.embedding.num_fields)
-    ]
+    spectra = field_singular_values(model.embedding.table, model.embedding.offsets)  # [F, d_total]
+    field_ia = [information_abundance(s) for s in spectra]
     return {"rankme": rankme(singular_values(Z)), "field_ia": field_ia, "mean_ia": float(np.mean(field_ia))}
 
 

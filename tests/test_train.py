@@ -97,6 +97,11 @@ def test_checkpoint_holds_the_contract_and_the_best_model(tiny, tmp_path):
     p = s / s.sum() + 1e-7
     best_entry = ckpt["history"][ckpt["best_epoch"] - 1]
     assert math.isclose(best_entry["rankme"], float(torch.exp(-(p * p.log()).sum())), rel_tol=1e-6)
+    table = ckpt["state_dict"]["embedding.table"].double().numpy()
+    starts = [f["offset"] for f in ckpt["meta"]["fields"]] + [len(table)]
+    for f, ia in enumerate(best_entry["field_ia"]):
+        s = np.linalg.svd(table[starts[f] : starts[f + 1]], compute_uv=False)
+        assert math.isclose(ia, s.sum() / s.max(), rel_tol=1e-6)
 
 
 def test_same_seed_same_run_and_other_seed_differs(tiny, tmp_path):
