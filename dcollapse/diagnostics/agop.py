@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from dcollapse.metrics.spectrum import SpectrumStats, rankme, singular_values
+
 DEFAULT_CHUNK = 1024
 
 
@@ -120,3 +122,77 @@ def nfa_correlation(weight: torch.Tensor, layer_agop: torch.Tensor) -> NFACorrel
     w = weight.detach().to(torch.float64)
     gram = w.T @ w
     return NFACorrelation(entry_correlation(gram, layer_agop), entry_correlation(gram, psd_sqrt(layer_agop)))
+
+
+@dataclass
+class FieldAGOP:
+    """One field's block A_ff [d, d] of the CTR AGOP and how it sits relative to the field's embedding table.
+
+    trace_share = tr(A_ff) / tr(AGOP) (how much the predictor uses the field); table_rank = k = round(RankMe) of
+    the table [V_f, d]; energy_in_table_span = fraction of tr(A_ff) along the table's top-k right singular vectors
+    (k / d for an AGOP isotropic within the field). Low values mean the predictor is sensitive to directions the
+    collapsed table hardly spans; high values mean the unspanned directions are also unused.
+    """
+
+    field: str
+    trace_share: float
+    agop_rankme: float
+    table_rank: int
+    energy_in_table_span: float
+    isotropic_baseline: float
+    normalized: list[float]  # sqrt(eigenvalues) of A_ff / the largest, descending
+
+
+@dataclass
+class LayerNFA:
+    """NFA correlations of one DNN linear layer [out, in] with the AGOP wrt its input."""
+
+    layer: int
+    in_features: int
+    out_features: int
+    corr_agop: float
+    corr_sqrt_agop: float
+
+
+@dataclass
+class CTRAgop:
+    """AGOP of a CTR model's logit wrt the concatenated embeddings [F*d] over ``samples`` rows."""
+
+    samples: int
+    dim: int
+    spectrum: SpectrumStats  # of sqrt(eigenvalues of AGOP) = singular values of the per-sample gradients / sqrt(n)
+    fields: list[FieldAGOP]
+    layers: list[LayerNFA]
+
+
+def ctr_agop(model: nn.Module, ids: torch.Tensor, field_names: list[str], chunk_size: int = DEFAULT_CHUNK) -> CTRAgop:
+    """AGOP analysis of a CTR model (eval mode) on ids int [B, F]: spectrum, per-field use, NFA per DNN layer."""
+    model.eval()
+    with torch.no_grad():
+        embeddings = model.embed(ids)  # [B, F, d]
+    _, num_fields, d = embeddings.shape
+
+    def logit_from_flat(flat: torch.Tensor) -> torch.Tensor:
+        return model.forward_from_embeddings(flat.reshape(-1, num_fields, d))
+
+    full = agop(logit_from_flat, embeddings.flatten(1), chunk_size=chunk_size)
+    total = float(full.trace())
+    fields = []
+    for f, name in enumerate(field_names):
+        block = full[f * d : (f + 1) * d, f * d : (f + 1) * d]
+        # right singular vectors of the table [V_f, d] (the vectors are needed, so not singular_values())
+        _, table_s, vh = torch.linalg.svd(model.embedding.field_table(f).detach().to(torch.float64))
+        k = max(1, min(d, round(rankme(table_s)))) if float(table_s.max()) > 0 else 1
+        top = vh[:k].T  # [d, k]
+        block_trace = float(block.trace())
+        inside = float((top * (block @ top)).sum()) / block_trace if block_trace > 0 else float("nan")
+        block_stats = SpectrumStats.from_singular_values(singular_values(block).sqrt())
+        share = block_trace / total if total > 0 else float("nan")
+        fields.append(FieldAGOP(name, share, block_stats.rankme, k, inside, k / d, block_stats.normalized))
+    layers = []
+    for i, linear in enumerate(model.mlp_linears(), start=1):
+        layer_agop = agop(model.forward_from_embeddings, embeddings, at=linear, chunk_size=chunk_size)
+        corr = nfa_correlation(linear.weight, layer_agop)
+        layers.append(LayerNFA(i, linear.in_features, linear.out_features, corr.corr_agop, corr.corr_sqrt_agop))
+    spectrum = SpectrumStats.from_singular_values(singular_values(full).sqrt())
+    return CTRAgop(int(ids.shape[0]), num_fields * d, spectrum, fields, layers)

@@ -68,3 +68,28 @@ def nc_stats(features: torch.Tensor, labels: torch.Tensor) -> NCStats:
     tr_total = float(((h - h.mean(dim=0)) ** 2).sum() / n)
     nc1 = tr_within / tr_between if tr_between > 0 else float("inf")
     return NCStats(means.shape[0], tr_within, tr_between, tr_total, nc1, nc2_from_means(means))
+
+
+def ctr_layer_features(model: torch.nn.Module, embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Hidden representations of a CTR model (eval mode) on embeddings [B, F, d], input to output.
+
+    "dnn layer i" [B, H_i] = output of the DNN's i-th hidden layer (the input of its next linear layer, and the
+    DNN's output for the last one); "head input" [B, H] = ``hidden(E)``, listed when it differs from the DNN output
+    (parallel DNN or no DNN).
+    """
+    linears = list(model.mlp_linears())
+    captured: list[torch.Tensor] = []
+    hooks = [layer.register_forward_pre_hook(lambda _m, args: captured.append(args[0])) for layer in linears[1:]]
+    if model.mlp is not None:
+        hooks.append(model.mlp.register_forward_hook(lambda _m, _args, output: captured.append(output)))
+    model.eval()
+    try:
+        with torch.no_grad():
+            head_input = model.hidden(embeddings)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    layers = {f"dnn layer {i}": h for i, h in enumerate(captured, start=1)}
+    if not captured or captured[-1] is not head_input:
+        layers["head input"] = head_input
+    return layers

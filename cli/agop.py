@@ -1,0 +1,269 @@
+"""``dcollapse agop``, ``nc`` and ``rfm``: AGOP, neural collapse and Deep RFM (Beaglehole et al., NeurIPS 2024)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import typer
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from dcollapse import plots
+from dcollapse.cli.common import err, handles_errors, out, print_json
+from dcollapse.cli.report import DataOpt, JsonOpt, fixed_batch, fmt, load_run, model_line, model_summary, report_table
+from dcollapse.diagnostics.agop import ctr_agop
+from dcollapse.diagnostics.deep_rfm import REPRESENTATIONS, deep_rfm, load_classification_table, prepare_training_set
+from dcollapse.diagnostics.neural_collapse import ctr_layer_features, nc_stats
+from dcollapse.errors import UserError
+from dcollapse.io import atomic_path
+
+SplitOpt = typer.Option("valid", "--split", help="Split the sample rows are drawn from.")
+SeedOpt = typer.Option(0, "--seed", help="Seed of the row sample.")
+K2_NOTE = (
+    "K = 2 (click / no click): the two centred class means are always antipodal, so NC2 = 0 by construction; "
+    "only NC1 = tr(Sigma_W) / tr(Sigma_B) is informative."
+)
+RFM_LABELS = {"x": "X", "sqrt_m_x": "M^1/2 X", "phi": "ReLU(W M^1/2 X)"}
+
+
+def line_plot(
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    path: Path,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    *,
+    log: bool = True,
+) -> None:
+    """One axis, one line per (x, y) series, written atomically to a PNG."""
+    fig = Figure(figsize=(7.0, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for label, (x, y) in series.items():
+        ax.plot(x, y, marker="o", markersize=3, linewidth=1.6, label=label)
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    FigureCanvasAgg(fig)
+    with atomic_path(plots.check_png_path(path)) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+
+
+def sample_rows(checkpoint_path: Path, data: Path | None, split: str, samples: int, seed: int):
+    """(run, ids [B, F], labels [B]) of the seeded row sample; the dataset is required."""
+    run = load_run(checkpoint_path, data)
+    if run.data is None:
+        raise UserError(f"{checkpoint_path}: {run.skipped}")
+    ids, labels = fixed_batch(run.data, split, samples, seed)
+    return run, ids, labels
+
+
+# ----------------------------------------------------------------------------------------------- agop
+
+
+def render_agop(doc: dict[str, Any]) -> None:
+    out.print(f"[bold]{doc['checkpoint']}[/]: {model_line(doc['model'])}", highlight=False)
+    s = doc["spectrum"]
+    out.print(
+        f"AGOP of the logit wrt the concatenated embeddings ({doc['dim']} = F*d) over {doc['samples']:,} "
+        f"{doc['split']} rows: RankMe {s['rankme']:.2f}, IA {s['ia']:.2f}, stable rank {s['stable_rank']:.2f}, "
+        f"{s['above_1e3']} directions above 1e-3 of the top",
+        highlight=False,
+    )
+    table = report_table(
+        "Per field", ["field", "AGOP trace share", "AGOP RankMe", "table rank k", "AGOP in table top-k", "isotropic"]
+    )
+    for f in doc["fields"]:
+        table.add_row(
+            f["field"],
+            f"{f['trace_share']:.3f}",
+            f"{f['agop_rankme']:.2f}",
+            str(f["table_rank"]),
+            fmt(f["energy_in_table_span"], ".3f"),
+            f"{f['isotropic_baseline']:.3f}",
+        )
+    table.caption = (
+        "trace share: the field's part of tr(AGOP) (how much the logit moves with it); table rank k = round(RankMe) "
+        "of the field's embedding table; AGOP in table top-k: fraction of the field's AGOP along the table's top-k "
+        "singular directions (isotropic = k/d). Low: the model is sensitive to directions the table barely spans."
+    )
+    out.print(table)
+    if doc["layers"]:
+        table = report_table(
+            "Neural Feature Ansatz per DNN linear layer", ["layer", "shape", "corr(W^TW, AGOP^1/2)", "corr(W^TW, AGOP)"]
+        )
+        for layer in doc["layers"]:
+            shape = f"{layer['out_features']}x{layer['in_features']}"
+            table.add_row(str(layer["layer"]), shape, f"{layer['corr_sqrt_agop']:.3f}", f"{layer['corr_agop']:.3f}")
+        table.caption = "AGOP wrt the layer's input, of the sub-network from that layer to the logit"
+        out.print(table)
+
+
+@handles_errors
+def agop_command(
+    checkpoint_path: Path = typer.Argument(..., metavar="CHECKPOINT", help="A checkpoint from `dcollapse train`."),
+    data: Path | None = DataOpt,
+    split: str = SplitOpt,
+    samples: int = typer.Option(2000, "--samples", min=1, help="Rows the AGOP averages over (all if fewer)."),
+    seed: int = SeedOpt,
+    as_json: bool = JsonOpt,
+    plot: Path | None = typer.Option(None, "--plot", help="Write the AGOP spectra (whole and per field) to a PNG."),
+) -> None:
+    """AGOP of the model's logit wrt the concatenated field embeddings: which embedding directions and fields the
+    predictor uses, against the collapse of each field's table, plus the NFA correlation of every DNN layer.
+
+    Example: dcollapse agop runs/deepfm.pt --samples 2000 --plot deepfm-agop.png
+    """
+    if plot is not None:
+        plots.check_png_path(plot)
+    run, ids, _ = sample_rows(checkpoint_path, data, split, samples, seed)
+    names = [f["name"] for f in run.ckpt["meta"]["fields"]]
+    with err.status(f"AGOP over {len(ids):,} rows"):
+        result = ctr_agop(run.model, ids, names)
+    doc = {
+        "checkpoint": str(checkpoint_path),
+        "model": model_summary(run.ckpt["config"]),
+        "split": split,
+        "seed": seed,
+        **dataclasses.asdict(result),
+    }
+    if plot is not None:
+        d = result.dim // len(names)
+        top_fields = sorted(result.fields, key=lambda f: -f.trace_share)[:8]
+        series = {"AGOP (all fields)": doc["spectrum"]["normalized"]} | {f.field: f.normalized for f in top_fields}
+        title = f"{checkpoint_path.name}: AGOP sqrt-eigenvalues (normalized); 8 most used fields, d = {d}"
+        plots.overlay_spectra(series, plot, title)
+    if as_json:
+        print_json(doc)
+    else:
+        render_agop(doc)
+    if plot is not None:
+        err.print(f"wrote {plot}", highlight=False)
+
+
+# ----------------------------------------------------------------------------------------------- nc
+
+
+@handles_errors
+def nc_command(
+    checkpoint_path: Path = typer.Argument(..., metavar="CHECKPOINT", help="A checkpoint from `dcollapse train`."),
+    data: Path | None = DataOpt,
+    split: str = SplitOpt,
+    samples: int = typer.Option(20000, "--samples", min=2, help="Rows to measure on (all if fewer)."),
+    seed: int = SeedOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Neural collapse (NC1, NC2) of every DNN hidden layer's features, with the click labels as the K = 2 classes.
+
+    NC1 = tr(Sigma_W) / tr(Sigma_B) with Sigma_W normalised by 1/N and Sigma_B by 1/K over the class means.
+
+    Example: dcollapse nc runs/deepfm.pt --split train --samples 20000
+    """
+    run, ids, labels = sample_rows(checkpoint_path, data, split, samples, seed)
+    if torch.unique(labels).numel() < 2:
+        raise UserError(f"{run.data}: the {len(labels):,} sampled {split} rows hold a single label; NC needs both")
+    with torch.no_grad():
+        embeddings = run.model.embed(ids)
+    layers = ctr_layer_features(run.model, embeddings)
+    rows = [
+        {"layer": name, "dim": int(h.shape[1]), **dataclasses.asdict(nc_stats(h, labels))} for name, h in layers.items()
+    ]
+    doc = {
+        "checkpoint": str(checkpoint_path),
+        "model": model_summary(run.ckpt["config"]),
+        "split": split,
+        "samples": len(labels),
+        "click_rate": float(labels.float().mean()),
+        "layers": rows,
+        "note": K2_NOTE,
+    }
+    if as_json:
+        print_json(doc)
+        return
+    out.print(f"[bold]{checkpoint_path}[/]: {model_line(doc['model'])}", highlight=False)
+    title = f"Neural collapse on {doc['samples']:,} {split} rows (click rate {doc['click_rate']:.3f})"
+    table = report_table(title, ["layer", "dim", "NC1", "tr Sigma_W", "tr Sigma_B", "NC2"])
+    for r in rows:
+        table.add_row(
+            r["layer"],
+            str(r["dim"]),
+            f"{r['nc1']:.4g}",
+            f"{r['tr_within']:.4g}",
+            f"{r['tr_between']:.4g}",
+            f"{r['nc2']:.2g}",
+        )
+    table.caption = K2_NOTE
+    out.print(table)
+
+
+# ----------------------------------------------------------------------------------------------- rfm
+
+
+@handles_errors
+def rfm_command(
+    dataset: str = typer.Option("digits", "--dataset", help="'digits' (scikit-learn's 8x8 digits) or a Parquet/CSV."),
+    label: str = typer.Option("label", "--label", help="Class column of a Parquet/CSV dataset."),
+    depth: int = typer.Option(6, "--depth", min=1, help="Deep RFM layers."),
+    width: int = typer.Option(512, "--width", min=1, help="Random ReLU features per layer."),
+    bandwidth: float = typer.Option(2.0, "--bandwidth", help="Laplace kernel bandwidth L (> 0)."),
+    ridge: float = typer.Option(1e-3, "--ridge", min=0.0, help="Kernel ridge (0 = interpolate)."),
+    no_agop: bool = typer.Option(False, "--no-agop", help="Ablation: M = I (random features only)."),
+    samples: int = typer.Option(500, "--samples", min=2, help="Training samples: the first N rows."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random feature maps."),
+    as_json: bool = JsonOpt,
+    plot: Path | None = typer.Option(None, "--plot", help="Write NC1 against depth (three representations) to a PNG."),
+) -> None:
+    """Deep Recursive Feature Machine: per layer, unit-normalise X, fit Laplace kernel regression, project by the
+    square root of its AGOP, apply random ReLU features; NC1/NC2 of X, M^1/2 X and ReLU(W M^1/2 X) per layer.
+
+    Example: dcollapse rfm --dataset digits --depth 6 --plot rfm-nc1.png
+    """
+    if bandwidth <= 0:
+        raise UserError(f"--bandwidth must be > 0, got {bandwidth:g}")
+    if plot is not None:
+        plots.check_png_path(plot)
+    x, labels = load_classification_table(dataset, label)
+    x, labels = prepare_training_set(x, labels, samples)
+    with err.status(f"Deep RFM: {depth} layers on {len(x)} samples"):
+        try:
+            result = deep_rfm(
+                x, labels, depth=depth, width=width, bandwidth=bandwidth, ridge=ridge, use_agop=not no_agop, seed=seed
+            )
+        except ValueError as exc:
+            raise UserError(f"{dataset}: {exc}") from None
+    doc = {"dataset": dataset, **dataclasses.asdict(result)}
+    if plot is not None:
+        layers = [layer.layer for layer in result.layers]
+        series = {RFM_LABELS[r]: (layers, [getattr(layer, r).nc1 for layer in result.layers]) for r in REPRESENTATIONS}
+        title = f"Deep RFM on {dataset} (n = {result.samples}){' without AGOP' if no_agop else ''}"
+        line_plot(series, plot, title, "layer", "NC1 = tr(Sigma_W) / tr(Sigma_B)")
+    if as_json:
+        print_json(doc)
+    else:
+        title = (
+            f"Deep RFM on {dataset}: n = {result.samples}, K = {result.classes}, d = {result.input_dim}, "
+            f"width {width}, L = {bandwidth:g}, ridge {ridge:g}{', M = I (no AGOP)' if no_agop else ''}"
+        )
+        columns = ["layer"] + [f"NC1 {RFM_LABELS[r]}" for r in REPRESENTATIONS]
+        table = report_table(title, columns + [f"NC2 {RFM_LABELS[r]}" for r in REPRESENTATIONS], left=0)
+        for layer in result.layers:
+            stats = [getattr(layer, r) for r in REPRESENTATIONS]
+            table.add_row(str(layer.layer), *(f"{s.nc1:.4g}" for s in stats), *(f"{s.nc2:.3g}" for s in stats))
+        first, last = result.layers[0].phi.nc1, result.layers[-1].phi.nc1
+        table.caption = f"NC1 of ReLU(W M^1/2 X): layer 1 {first:.4g} -> layer {depth} {last:.4g} ({first / last:.1f}x)"
+        out.print(table)
+    if plot is not None:
+        err.print(f"wrote {plot}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("agop")(agop_command)
+    app.command("nc")(nc_command)
+    app.command("rfm")(rfm_command)
