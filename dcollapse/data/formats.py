@@ -3,7 +3,8 @@
 Every reader returns a :class:`Source`: per input file a ``LazyFrame`` with the columns
 
 - ``__line`` (UInt64): the 1-based line (text formats) or row (Parquet) in that file, for error messages;
-- ``__bad`` (String): ``None`` for a good row, otherwise the problem with the row in a few words;
+- ``__bad`` (Int16): ``None`` for a good row, otherwise the index of the first failing check (the message is built
+  only for the row that gets reported, see :meth:`Source.explain`);
 - ``label`` (Int8, 0/1) and one column per field: String tokens for categorical fields, Float64 values for numeric
   fields (binned later); ``None`` = missing.
 
@@ -38,13 +39,27 @@ AVAZU_COLUMNS = (
 MOVIELENS_GENRES = 19
 
 
+Check = tuple[pl.Expr, pl.Expr]  # (condition that marks a bad row, message expression for that row)
+
+
 @dataclass
 class Source:
-    """Parsed input: ``frames`` [one LazyFrame per file], ``fields`` [(name, kind)] in output order, ``files``."""
+    """Parsed input: ``frames`` [one LazyFrame per file], ``fields`` [(name, kind)] in output order, ``files``.
+
+    ``raw[k]`` is file k's frame before the final projection and ``messages[k][code]`` the message expression of
+    check ``code`` on it.
+    """
 
     frames: list[pl.LazyFrame]
     fields: list[tuple[str, str]]
     files: list[Path]
+    raw: list[pl.LazyFrame]
+    messages: list[list[pl.Expr]]
+
+    def explain(self, file: int, line: int, code: int) -> str:
+        """The problem with row ``line`` of file ``file`` whose first failing check is ``code``."""
+        row = self.raw[file].filter(pl.col(LINE) == line).select(self.messages[file][code].alias("m")).collect()
+        return str(row["m"][0]) if row.height else "malformed row"
 
 
 def read(fmt: str, paths: list[Path], opts: dict[str, Any]) -> Source:
@@ -75,46 +90,49 @@ def _lines(path: Path, skip_first: bool) -> pl.LazyFrame:
     return lf.filter(pl.col("line").str.strip_chars() != "")
 
 
-def _split(lf: pl.LazyFrame, sep: str, names: list[str], unquote: bool = False) -> pl.LazyFrame:
-    """Split ``line`` on ``sep`` into String columns ``names`` (empty -> None) and flag wrong column counts."""
-    parts = pl.col("line").str.split(sep)
-    n = pl.col("line").str.count_matches(sep, literal=True) + 1
+def _split(lf: pl.LazyFrame, sep: str, names: list[str], unquote: bool = False) -> tuple[pl.LazyFrame, Check]:
+    """Split ``line`` on ``sep`` into String columns ``names`` (empty -> None); also the column-count check."""
+    lf = lf.with_columns(
+        pl.col("line").str.split(sep).alias("__parts"),
+        (pl.col("line").str.count_matches(sep, literal=True) + 1).alias("__n"),
+    )
     cols = []
     for i, name in enumerate(names):
-        value = parts.list.get(i, null_on_oob=True)
+        value = pl.col("__parts").list.get(i, null_on_oob=True)
         if unquote:
             value = value.str.strip_chars(" ").str.strip_prefix('"').str.strip_suffix('"')
         cols.append(pl.when(value == "").then(None).otherwise(value).alias(name))
-    bad = pl.when(n != len(names)).then(pl.format(f"expected {len(names)} columns, found {{}}", n))
-    return lf.select(pl.col(LINE), bad.alias(BAD), *cols)
+    n = pl.col("__n")
+    check = (n != len(names), pl.format(f"expected {len(names)} columns, found {{}}", n))
+    return lf.select(pl.col(LINE), n, *cols), check
 
 
-def _with_checks(lf: pl.LazyFrame, checks: list[pl.Expr]) -> pl.LazyFrame:
-    """``__bad`` = the first failing check (checks are ``when(cond).then(message)`` expressions, in order)."""
-    return lf.with_columns(pl.coalesce([pl.col(BAD), *checks]).alias(BAD))
+def _with_checks(lf: pl.LazyFrame, checks: list[Check]) -> tuple[pl.LazyFrame, list[pl.Expr]]:
+    """Add ``__bad`` = index of the first failing check (None if all pass); return the frame and the messages."""
+    codes = [pl.when(cond.fill_null(True)).then(pl.lit(k, dtype=pl.Int16)) for k, (cond, _) in enumerate(checks)]
+    return lf.with_columns(pl.coalesce(codes).alias(BAD)), [msg for _, msg in checks]
 
 
-def _label_01(raw: str) -> tuple[pl.Expr, pl.Expr]:
+def _label_01(raw: str) -> tuple[pl.Expr, Check]:
     """(Int8 label, check) for a String column that must hold 0 or 1."""
     col = pl.col(raw)
     ok = col.is_in(["0", "1"])
-    check = (
+    msg = (
         pl.when(col.is_null())
         .then(pl.lit("label is missing"))
-        .when(~ok)
-        .then(pl.format("label must be 0 or 1, got '{}'", col))
+        .otherwise(pl.format("label must be 0 or 1, got '{}'", col))
     )
-    return pl.when(ok).then(col.cast(pl.Int8, strict=False)).alias(LABEL), check
+    return pl.when(ok).then(col.cast(pl.Int8, strict=False)).alias(LABEL), (~ok, msg)
 
 
-def _numbers(names: list[str]) -> tuple[list[pl.Expr], list[pl.Expr]]:
+def _numbers(names: list[str]) -> tuple[list[pl.Expr], list[Check]]:
     """(Float64 values, checks) for String columns that must be numeric when present."""
     values, checks = [], []
     for name in names:
         col = pl.col(name)
         num = col.str.strip_chars().cast(pl.Float64, strict=False)
         values.append(num.alias(name))
-        checks.append(pl.when(col.is_not_null() & num.is_null()).then(pl.format(f"{name}: not a number: '{{}}'", col)))
+        checks.append((col.is_not_null() & num.is_null(), pl.format(f"{name}: not a number: '{{}}'", col)))
     return values, checks
 
 
@@ -137,10 +155,9 @@ def _header(path: Path, sep: str) -> list[str]:
     return names
 
 
-def _select_columns(
-    path: Path, header: list[str], label: str, categorical: list[str], numeric: list[str]
-) -> tuple[list[str], list[str]]:
+def _select_columns(path: Path, header: list[str], label: str, opts: dict[str, Any]) -> tuple[list[str], list[str]]:
     """Validate the requested columns against ``header``; default: every non-label column is categorical."""
+    categorical, numeric = list(opts.get("categorical") or []), list(opts.get("numeric") or [])
     for col in [label, *categorical, *numeric]:
         if col not in header:
             raise UserError(f"{path}: missing column '{col}' (have: {', '.join(header)})")
@@ -151,6 +168,7 @@ def _select_columns(
         raise UserError(f"{path}: column(s) {', '.join(sorted(overlap))} given more than one role")
     if not categorical and not numeric:
         raise UserError(f"{path}: no feature columns besides the label '{label}'")
+    _check_field_names(path, [*categorical, *numeric])
     return categorical, numeric
 
 
@@ -163,119 +181,120 @@ def _check_field_names(path: Path, names: list[str]) -> None:
 # ----------------------------------------------------------------------------------------------------------- formats
 
 
+class _Builder:
+    """Collects the per-file frames of a reader into a :class:`Source`."""
+
+    def __init__(self) -> None:
+        self.frames: list[pl.LazyFrame] = []
+        self.raw: list[pl.LazyFrame] = []
+        self.messages: list[list[pl.Expr]] = []
+
+    def add(self, lf: pl.LazyFrame, checks: list[Check], columns: list[pl.Expr | str]) -> None:
+        """Add one file: ``lf`` with the string columns, its row ``checks`` and the output ``columns``."""
+        raw, messages = _with_checks(lf, checks)
+        self.raw.append(raw)
+        self.messages.append(messages)
+        self.frames.append(raw.select(LINE, BAD, *columns))
+
+    def source(self, fields: list[tuple[str, str]], files: list[Path]) -> Source:
+        first = self.frames[0].collect_schema().names()
+        for lf, path in zip(self.frames[1:], files[1:], strict=False):
+            if lf.collect_schema().names() != first:
+                raise UserError(f"{path}: columns differ from {files[0]}")
+        return Source(self.frames, fields, files, self.raw, self.messages)
+
+
 def _criteo(paths: list[Path], opts: dict[str, Any]) -> Source:
     raw = ["__label", *CRITEO_NUMERIC, *CRITEO_CATEGORICAL]
-    frames = []
+    out = _Builder()
     for path in paths:
-        lf = _split(_lines(path, skip_first=False), "\t", raw)
+        lf, count_check = _split(_lines(path, skip_first=False), "\t", raw)
         label, label_check = _label_01("__label")
         values, checks = _numbers(CRITEO_NUMERIC)
-        lf = _with_checks(lf, [label_check, *checks])
-        frames.append(lf.select(LINE, BAD, label, *values, *CRITEO_CATEGORICAL))
+        out.add(lf, [count_check, label_check, *checks], [label, *values, *CRITEO_CATEGORICAL])
     fields = [(n, NUMERIC) for n in CRITEO_NUMERIC] + [(n, CATEGORICAL) for n in CRITEO_CATEGORICAL]
-    return Source(frames, fields, paths)
+    return out.source(fields, paths)
 
 
 def _avazu(paths: list[Path], opts: dict[str, Any]) -> Source:
     header = bool(opts.get("header", True))
-    frames = []
-    columns = AVAZU_COLUMNS
+    out = _Builder()
+    rest: list[str] = []
     for path in paths:
         columns = _header(path, ",") if header else AVAZU_COLUMNS
         for col in ("id", "click", "hour"):
             if col not in columns:
                 raise UserError(f"{path}: missing column '{col}' (Avazu files have id,click,hour,...)")
-        lf = _split(_lines(path, skip_first=header), ",", columns, unquote=True)
+        rest = [c for c in columns if c not in ("id", "click", "hour")]
+        _check_field_names(path, rest)
+        lf, count_check = _split(_lines(path, skip_first=header), ",", columns, unquote=True)
         label, label_check = _label_01("click")
         hour = pl.col("hour")
         date = hour.str.slice(0, 6).str.to_date("%y%m%d", strict=False)
         hh = hour.str.slice(6, 2).cast(pl.Int32, strict=False)
         hour_ok = (hour.str.len_chars() == 8) & date.is_not_null() & hh.is_between(0, 23)
-        hour_check = pl.when(~hour_ok.fill_null(False)).then(pl.format("hour: expected YYMMDDHH, got '{}'", hour))
-        lf = _with_checks(lf, [label_check, hour_check])
-        rest = [c for c in columns if c not in ("id", "click", "hour")]
-        frames.append(
-            lf.select(
-                LINE,
-                BAD,
-                label,
-                hh.cast(pl.String).alias("hour_of_day"),
-                date.dt.weekday().cast(pl.String).alias("weekday"),
-                *rest,
-            )
-        )
-    rest = [c for c in columns if c not in ("id", "click", "hour")]
-    _check_field_names(paths[0], rest)
+        hour_check = (~hour_ok, pl.format("hour: expected YYMMDDHH, got '{}'", hour))
+        columns_out = [
+            label,
+            hh.cast(pl.String).alias("hour_of_day"),
+            date.dt.weekday().cast(pl.String).alias("weekday"),
+            *rest,
+        ]
+        out.add(lf, [count_check, label_check, hour_check], columns_out)
     fields = [("hour_of_day", CATEGORICAL), ("weekday", CATEGORICAL)] + [(c, CATEGORICAL) for c in rest]
-    _same_columns(frames, paths)
-    return Source(frames, fields, paths)
-
-
-def _same_columns(frames: list[pl.LazyFrame], paths: list[Path]) -> None:
-    first = frames[0].collect_schema().names()
-    for lf, path in zip(frames[1:], paths[1:], strict=True):
-        if lf.collect_schema().names() != first:
-            raise UserError(f"{path}: columns differ from {paths[0]}")
+    return out.source(fields, paths)
 
 
 def _csv(paths: list[Path], opts: dict[str, Any]) -> Source:
     sep = opts.get("separator") or ","
     label_col = opts.get("label") or LABEL
-    frames = []
-    categorical, numeric = [], []
+    out = _Builder()
+    categorical: list[str] = []
+    numeric: list[str] = []
     for path in paths:
         header = _header(path, sep)
-        categorical, numeric = _select_columns(
-            path, header, label_col, list(opts.get("categorical") or []), list(opts.get("numeric") or [])
-        )
-        _check_field_names(path, [*categorical, *numeric])
-        lf = _split(_lines(path, skip_first=True), sep, header, unquote=True)
-        frames.append(_table_columns(lf, label_col, categorical, numeric))
-    _same_columns(frames, paths)
+        categorical, numeric = _select_columns(path, header, label_col, opts)
+        lf, count_check = _split(_lines(path, skip_first=True), sep, header, unquote=True)
+        checks, columns = _table_columns(label_col, categorical, numeric)
+        out.add(lf, [count_check, *checks], columns)
     fields = [(c, CATEGORICAL) for c in categorical] + [(c, NUMERIC) for c in numeric]
-    return Source(frames, fields, paths)
+    return out.source(fields, paths)
 
 
-def _table_columns(lf: pl.LazyFrame, label_col: str, categorical: list[str], numeric: list[str]) -> pl.LazyFrame:
-    """Common tail of the csv/parquet readers: label + categorical strings + numeric floats, with checks."""
+def _table_columns(label_col: str, categorical: list[str], numeric: list[str]) -> tuple[list[Check], list[pl.Expr]]:
+    """Checks and output columns shared by csv/parquet: label 0/1, categorical strings, numeric floats."""
     raw = pl.col(label_col)
     value = raw.str.strip_chars().cast(pl.Float64, strict=False)
     ok = value.is_in([0.0, 1.0])
-    label_check = (
+    msg = (
         pl.when(raw.is_null())
         .then(pl.lit("label is missing"))
-        .when(~ok.fill_null(False))
-        .then(pl.format(f"label column '{label_col}' must be 0 or 1, got '{{}}'", raw))
+        .otherwise(pl.format(f"label column '{label_col}' must be 0 or 1, got '{{}}'", raw))
     )
     values, checks = _numbers(numeric)
-    lf = _with_checks(lf, [label_check, *checks])
     label = pl.when(ok).then(value.cast(pl.Int8)).alias(LABEL)
-    return lf.select(LINE, BAD, label, *categorical, *values)
+    return [(~ok, msg), *checks], [label, *categorical, *values]
 
 
 def _parquet(paths: list[Path], opts: dict[str, Any]) -> Source:
     label_col = opts.get("label") or LABEL
-    frames = []
-    categorical, numeric = [], []
+    out = _Builder()
+    categorical: list[str] = []
+    numeric: list[str] = []
     for path in paths:
         try:
             schema = pl.scan_parquet(path).collect_schema()
         except (pl.exceptions.PolarsError, OSError) as exc:
             raise UserError(f"{path}: not a readable Parquet file ({first_line(exc)})") from None
-        categorical, numeric = _select_columns(
-            path, schema.names(), label_col, list(opts.get("categorical") or []), list(opts.get("numeric") or [])
-        )
-        _check_field_names(path, [*categorical, *numeric])
+        categorical, numeric = _select_columns(path, schema.names(), label_col, opts)
         cols = [label_col, *categorical, *numeric]
-        lf = (
-            pl.scan_parquet(path, row_index_name=LINE, row_index_offset=1)
-            .select(pl.col(LINE).cast(pl.UInt64), *[_as_string(c, schema[c]) for c in cols])
-            .with_columns(pl.lit(None, dtype=pl.String).alias(BAD))
+        lf = pl.scan_parquet(path, row_index_name=LINE, row_index_offset=1).select(
+            pl.col(LINE).cast(pl.UInt64), *[_as_string(c, schema[c]) for c in cols]
         )
-        frames.append(_table_columns(lf, label_col, categorical, numeric))
-    _same_columns(frames, paths)
+        checks, columns = _table_columns(label_col, categorical, numeric)
+        out.add(lf, checks, columns)
     fields = [(c, CATEGORICAL) for c in categorical] + [(c, NUMERIC) for c in numeric]
-    return Source(frames, fields, paths)
+    return out.source(fields, paths)
 
 
 def _as_string(name: str, dtype: pl.DataType) -> pl.Expr:
@@ -293,13 +312,13 @@ def _as_string(name: str, dtype: pl.DataType) -> pl.Expr:
 
 
 def _libfm(paths: list[Path], opts: dict[str, Any]) -> Source:
-    n_fields = None
-    frames = []
+    n_fields = 0
+    out = _Builder()
     for path in paths:
         lines = _lines(path, skip_first=False).with_columns(
             pl.col("line").str.replace_all(r"\s+", " ").str.strip_chars(" ")
         )
-        if n_fields is None:
+        if not n_fields:
             try:
                 first = lines.select("line").head(1).collect()
             except pl.exceptions.PolarsError as exc:
@@ -310,23 +329,22 @@ def _libfm(paths: list[Path], opts: dict[str, Any]) -> Source:
             if n_fields < 1:
                 raise UserError(f"{path}, line 1: expected 'label idx:val idx:val ...'")
         names = ["__label"] + [f"f{k}" for k in range(1, n_fields + 1)]
-        lf = _split(lines, " ", names)
+        lf, count_check = _split(lines, " ", names)
         raw = pl.col("__label")
         value = raw.cast(pl.Float64, strict=False)
-        ok = value.is_in([-1.0, 0.0, 1.0])
         checks = [
-            pl.when(~ok.fill_null(False)).then(pl.format("label must be -1, 0 or 1, got '{}'", raw)),
+            count_check,
+            (~value.is_in([-1.0, 0.0, 1.0]), pl.format("label must be -1, 0 or 1, got '{}'", raw)),
             *[
-                pl.when(~pl.col(n).str.contains(r"^[0-9]+:[-+0-9.eE]+$").fill_null(False)).then(
-                    pl.format(f"token {k}: expected 'idx:val', got '{{}}'", pl.col(n))
+                (
+                    ~pl.col(n).str.contains(r"^[0-9]+:[-+0-9.eE]+$"),
+                    pl.format(f"token {k}: expected 'idx:val', got '{{}}'", pl.col(n)),
                 )
                 for k, n in enumerate(names[1:], start=1)
             ],
         ]
-        lf = _with_checks(lf, checks)
-        frames.append(lf.select(LINE, BAD, (value > 0).cast(pl.Int8).alias(LABEL), *names[1:]))
-    fields = [(f"f{k}", CATEGORICAL) for k in range(1, (n_fields or 0) + 1)]
-    return Source(frames, fields, paths)
+        out.add(lf, checks, [(value > 0).cast(pl.Int8).alias(LABEL), *names[1:]])
+    return out.source([(f"f{k}", CATEGORICAL) for k in range(1, n_fields + 1)], paths)
 
 
 def _movielens(folder: Path) -> Source:
@@ -334,78 +352,51 @@ def _movielens(folder: Path) -> Source:
     for path in files.values():
         if not path.is_file():
             raise UserError(f"{path}: missing (a MovieLens-100K folder has u.data, u.user and u.item)")
-    data = _split(_lines(files["u.data"], skip_first=False), "\t", ["user", "item", "rating", "timestamp"])
+    data, count_check = _split(_lines(files["u.data"], skip_first=False), "\t", ["user", "item", "rating", "timestamp"])
     rating = pl.col("rating").cast(pl.Int32, strict=False)
     ts = pl.col("timestamp").cast(pl.Int64, strict=False)
-    data = _with_checks(
-        data,
-        [
-            pl.when(~rating.is_between(1, 5).fill_null(False)).then(
-                pl.format("rating must be 1..5, got '{}'", "rating")
-            ),
-            pl.when(ts.is_null()).then(pl.format("timestamp: not an integer: '{}'", "timestamp")),
-            pl.when(pl.col("user").is_null() | pl.col("item").is_null()).then(pl.lit("user or item id is missing")),
-        ],
-    ).with_columns(rating.alias("rating"), ts.alias("timestamp"))
+    checks = [
+        count_check,
+        (pl.col("user").is_null() | pl.col("item").is_null(), pl.lit("user or item id is missing")),
+        (~rating.is_between(1, 5), pl.format("rating must be 1..5, got '{}'", "rating")),
+        (ts.is_null(), pl.format("timestamp: not an integer: '{}'", "timestamp")),
+    ]
     users = _lookup_table(files["u.user"], ["user", "age", "gender", "occupation", "zip"])
-    items = _lookup_table(files["u.item"], ["item", "title", "release", "video", "url"] + [f"g{k}" for k in range(19)])
     genre_cols = [f"g{k}" for k in range(MOVIELENS_GENRES)]
+    items = _lookup_table(files["u.item"], ["item", "title", "release", "video", "url", *genre_cols])
     first_genre = pl.coalesce([pl.when(pl.col(g) == "1").then(pl.lit(str(k))) for k, g in enumerate(genre_cols)])
-    items = items.select(
-        "item",
-        first_genre.alias("genre"),
-        pl.col("release").str.slice(-4, 4).alias("release_year"),
-    )
+    items = items.select("item", first_genre.alias("genre"), pl.col("release").str.slice(-4, 4).alias("release_year"))
     age = pl.col("age").cast(pl.Int32, strict=False)
-    age_bucket = (
-        pl.when(age < 18)
-        .then(pl.lit("<18"))
-        .when(age < 25)
-        .then(pl.lit("18-24"))
-        .when(age < 35)
-        .then(pl.lit("25-34"))
-        .when(age < 45)
-        .then(pl.lit("35-44"))
-        .when(age < 50)
-        .then(pl.lit("45-49"))
-        .when(age < 56)
-        .then(pl.lit("50-55"))
-        .when(age.is_not_null())
-        .then(pl.lit("56+"))
-    )
+    age_bucket = pl.when(age.is_not_null()).then(pl.lit("56+"))
+    for upper, name in [(56, "50-55"), (50, "45-49"), (45, "35-44"), (35, "25-34"), (25, "18-24"), (18, "<18")]:
+        age_bucket = pl.when(age < upper).then(pl.lit(name)).otherwise(age_bucket)
     users = users.select("user", age_bucket.alias("age"), "gender", "occupation", pl.col("zip").str.slice(0, 2))
+    names = ["user", "item", "age", "gender", "occupation", "zip", "genre", "release_year", "hour"]
+    raw, messages = _with_checks(data, checks)
     lf = (
-        data.join(users, on="user", how="left", maintain_order="left")
+        raw.join(users, on="user", how="left", maintain_order="left")
         .join(items, on="item", how="left", maintain_order="left")
         .select(
             LINE,
             BAD,
-            (pl.col("rating") >= 4).cast(pl.Int8).alias(LABEL),
-            "user",
-            "item",
-            "age",
-            "gender",
-            "occupation",
-            "zip",
-            "genre",
-            "release_year",
-            pl.from_epoch("timestamp", time_unit="s").dt.hour().cast(pl.String).alias("hour"),
+            (rating >= 4).cast(pl.Int8).alias(LABEL),
+            *names[:-1],
+            pl.from_epoch(ts, time_unit="s").dt.hour().cast(pl.String).alias("hour"),
         )
     )
-    names = ["user", "item", "age", "gender", "occupation", "zip", "genre", "release_year", "hour"]
-    return Source([lf], [(n, CATEGORICAL) for n in names], [files["u.data"], files["u.user"], files["u.item"]])
+    return Source([lf], [(n, CATEGORICAL) for n in names], [files["u.data"]], [raw], [messages])
 
 
 def _lookup_table(path: Path, names: list[str]) -> pl.LazyFrame:
-    """A '|'-separated MovieLens side table; malformed lines are an error (they would silently drop features)."""
-    lf = _split(_lines(path, skip_first=False), "|", names)
+    """A '|'-separated MovieLens side table; a malformed line is an error (it would silently drop features)."""
+    lf, (cond, msg) = _split(_lines(path, skip_first=False), "|", names)
     try:
-        bad = lf.filter(pl.col(BAD).is_not_null()).select(LINE, BAD).head(1).collect()
+        bad = lf.filter(cond).select(LINE, msg.alias("m")).head(1).collect()
     except pl.exceptions.PolarsError as exc:
         raise UserError(f"{path}: cannot read ({first_line(exc)})") from None
     if bad.height:
-        raise UserError(f"{path}, line {bad[LINE][0]}: {bad[BAD][0]}")
-    return lf.drop(LINE, BAD).unique(subset=names[0], keep="first")
+        raise UserError(f"{path}, line {bad[LINE][0]}: {bad['m'][0]}")
+    return lf.drop(LINE, "__n").unique(subset=names[0], keep="first")
 
 
 def first_line(exc: BaseException) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -144,7 +145,9 @@ def preprocess(
 ) -> dict[str, Any]:
     """Run the whole job: read ``inputs``, validate rows, build (or apply) vocabularies, split, write ``out_dir``.
 
-    Returns the ``meta.json`` dict. Raises :class:`UserError` (nothing written) on bad input.
+    The raw input is parsed exactly once, streamed into a scratch Parquet file beside ``out_dir``; vocabulary
+    counts and the encoded splits are then cheap column scans of it. Returns the ``meta.json`` dict.
+    Raises :class:`UserError` (nothing written) on bad input.
     """
     stage = on_stage or (lambda _: None)
     opts = _validated(options)
@@ -157,55 +160,63 @@ def preprocess(
         for key in ("format", "label", "categorical", "numeric", "numeric_bins", "separator"):
             setattr(opts, key, transform["options"][key])
     source = formats.read(opts.format, paths, asdict(opts))
-    frame = _combine(source, opts)
-    stage("checking rows and counting values")
-    numeric_edges = transform["numeric_edges"] if transform else _numeric_edges(frame, source, opts)
-    tokens = _tokens(frame, source, opts, numeric_edges)
     names = [name for name, _ in source.fields]
     if transform is not None and names != [f["name"] for f in transform["fields"]]:
         raise UserError(f"{paths[0]}: fields differ from the dataset in --apply {opts.apply}")
-    vocab_queries = [] if transform else [_count_query(tokens, n) for n in names]
-    checks = [
-        tokens.group_by(FILE).agg(pl.len().alias("rows")),
-        tokens.filter(pl.col(BAD).is_not_null()).select(
-            pl.len().alias("bad"), pl.col(FILE).first(), pl.col(LINE).first(), pl.col(BAD).first()
-        ),
-    ]
-    results = _collect(pl.collect_all, [*checks, *vocab_queries], paths)
-    per_file, bad = results[0], results[1]
-    for k, path in enumerate(source.files if opts.format != "movielens" else source.files[:1]):
-        if per_file.filter(pl.col(FILE) == k).height == 0:
-            raise UserError(f"{path}: empty file (no data rows)")
-    skipped = int(bad["bad"][0])
-    if skipped and opts.bad_rows == "error":
-        where = source.files[int(bad[FILE][0])]
-        raise UserError(f"{where}, {'row' if opts.format == 'parquet' else 'line'} {bad[LINE][0]}: {bad[BAD][0]}")
-    stage("building vocabularies")
-    if transform is not None:
-        vocab = transform["vocab"]
-        fields_meta = transform["fields"]
-    else:
-        vocab = _build_vocab(names, results[2:], opts.min_count)
-        sizes = vocab.group_by("field").agg(pl.col("id").max()).to_dict(as_series=False)
-        size_of = dict(zip(sizes["field"], sizes["id"], strict=True))
-        fields_meta = [{"name": n, "kind": kind, "vocab_size": int(size_of.get(n, 1)) + 1} for n, kind in source.fields]
-    stage("encoding and writing splits")
-    encoded = _encode(tokens.filter(pl.col(BAD).is_null()), names, vocab)
-    splits = _split_names(opts)
-    parts = {s: encoded.filter(pl.col(SPLIT) == SPLIT_CODES[s]) for s in splits}
-    transform_doc = {
-        "options": asdict(opts),
-        "numeric_edges": numeric_edges,
-        "fields": [{k: f[k] for k in ("name", "kind", "vocab_size")} for f in fields_meta],
-        "hash_seed": HASH_SEED,
-    }
-    try:
-        meta = write_dataset(
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.", suffix=".work", dir=out_dir.parent) as work:
+        stage("parsing and checking rows")
+        rows_file = Path(work) / "rows.parquet"
+        _run(lambda: _combine(source, opts).sink_parquet(rows_file, engine="streaming"), source.files)
+        frame = pl.scan_parquet(rows_file)
+        per_file, bad = _run(
+            lambda: pl.collect_all(
+                [
+                    frame.group_by(FILE).agg(pl.len().alias("rows")),
+                    frame.filter(pl.col(BAD).is_not_null()).select(
+                        pl.len().alias("bad"), pl.col(FILE).first(), pl.col(LINE).first(), pl.col(BAD).first()
+                    ),
+                ],
+                engine="streaming",
+            ),
+            source.files,
+        )
+        present = set(per_file[FILE].to_list())
+        for k, path in enumerate(source.files):
+            if k not in present:
+                raise UserError(f"{path}: empty file (no data rows)")
+        skipped = int(bad["bad"][0])
+        if skipped and opts.bad_rows == "error":
+            k, line = int(bad[FILE][0]), int(bad[LINE][0])
+            problem = _run(lambda: source.explain(k, line, int(bad[BAD][0])), source.files)
+            raise UserError(f"{source.files[k]}, {'row' if opts.format == 'parquet' else 'line'} {line}: {problem}")
+        good = frame.filter(pl.col(BAD).is_null())
+        stage("building vocabularies")
+        if transform is not None:
+            numeric_edges, vocab, fields_meta = transform["numeric_edges"], transform["vocab"], transform["fields"]
+            tokens = _tokens(good, source, numeric_edges)
+        else:
+            numeric_edges = _numeric_edges(good, source, opts)
+            tokens = _tokens(good, source, numeric_edges)
+            counts = _run(lambda: pl.collect_all([_count_query(tokens, n) for n in names], engine="streaming"), [])
+            vocab = _build_vocab(names, counts, opts.min_count)
+            size_of = dict(vocab.group_by("field").agg(pl.col("id").max()).iter_rows())
+            fields_meta = [{"name": n, "kind": kind, "vocab_size": size_of.get(n, 1) + 1} for n, kind in source.fields]
+        stage("encoding and writing splits")
+        encoded = _encode(tokens, names, vocab)
+        parts = {s: encoded.filter(pl.col(SPLIT) == SPLIT_CODES[s]) for s in _split_names(opts)}
+        transform_doc = {
+            "options": asdict(opts),
+            "numeric_edges": numeric_edges,
+            "fields": [{k: f[k] for k in ("name", "kind", "vocab_size")} for f in fields_meta],
+            "hash_seed": HASH_SEED,
+        }
+        return write_dataset(
             out_dir,
             parts,
             fields_meta,
             name=out_dir.name,
-            options=asdict(options if transform is None else opts),
+            options=asdict(opts),
             input_hash=input_hash(source.files),
             skipped_rows=skipped,
             overwrite=overwrite,
@@ -215,9 +226,6 @@ def preprocess(
             },
             drop_empty=True,
         )
-    except pl.exceptions.PolarsError as exc:
-        raise UserError(f"{paths[0]}: cannot read ({formats.first_line(exc)})") from None
-    return meta
 
 
 def _validated(options: Options) -> Options:
@@ -289,19 +297,17 @@ def _split_names(opts: Options) -> list[str]:
     return ["train", "valid", "test"]
 
 
-def _numeric_edges(frame: pl.LazyFrame, source: formats.Source, opts: Options) -> dict[str, list[float]]:
+def _numeric_edges(good: pl.LazyFrame, source: formats.Source, opts: Options) -> dict[str, list[float]]:
     """Quantile bin edges per numeric field from the good training rows (only with an integer --numeric-bins)."""
     numeric = [n for n, kind in source.fields if kind == formats.NUMERIC]
     if opts.format == "criteo" or opts.numeric_bins == "log" or not numeric:
         return {}
     bins = int(opts.numeric_bins)
     qs = [k / bins for k in range(1, bins)]
-    train = frame.filter((pl.col(SPLIT) == 0) & pl.col(BAD).is_null())
-    row = _collect(
-        lambda q, **kw: [q[0].collect(**kw)],
-        [train.select([pl.col(n).quantile(q).alias(f"{n}|{i}") for n in numeric for i, q in enumerate(qs)])],
-        source.files,
-    )[0].row(0, named=True)
+    query = good.filter(pl.col(SPLIT) == 0).select(
+        [pl.col(n).quantile(q).alias(f"{n}|{i}") for n in numeric for i, q in enumerate(qs)]
+    )
+    row = _run(lambda: query.collect(engine="streaming"), []).row(0, named=True)
     edges = {}
     for n in numeric:
         values = [row[f"{n}|{i}"] for i in range(len(qs))]
@@ -309,8 +315,8 @@ def _numeric_edges(frame: pl.LazyFrame, source: formats.Source, opts: Options) -
     return edges
 
 
-def _tokens(frame: pl.LazyFrame, source: formats.Source, opts: Options, edges: dict[str, list[float]]) -> pl.LazyFrame:
-    """Numeric fields -> String tokens of their bin (log rule or quantile bins); categorical fields unchanged."""
+def _tokens(frame: pl.LazyFrame, source: formats.Source, edges: dict[str, list[float]]) -> pl.LazyFrame:
+    """Numeric fields -> String tokens of their bin (quantile bins where ``edges`` has the field, else the log rule)."""
     exprs = []
     for name, kind in source.fields:
         if kind != formats.NUMERIC:
@@ -322,10 +328,10 @@ def _tokens(frame: pl.LazyFrame, source: formats.Source, opts: Options, edges: d
 
 
 def _count_query(tokens: pl.LazyFrame, name: str) -> pl.LazyFrame:
-    """Per distinct token of field ``name`` in the good training rows: its hash, count and spelling."""
+    """Per distinct token of field ``name`` in the (good) training rows: its hash, count and spelling."""
     col = pl.col(name)
     return (
-        tokens.filter((pl.col(SPLIT) == 0) & pl.col(BAD).is_null() & col.is_not_null())
+        tokens.filter((pl.col(SPLIT) == 0) & col.is_not_null())
         .group_by(col.hash(HASH_SEED).alias("hash"))
         .agg(pl.len().alias("count"), col.first().alias("token"))
     )
@@ -361,22 +367,25 @@ def _encode(tokens: pl.LazyFrame, names: list[str], vocab: pl.DataFrame) -> pl.L
     return tokens.select(*exprs, pl.col(formats.LABEL), pl.col(SPLIT))
 
 
-def _collect(collect: Callable[..., list[pl.DataFrame]], queries: list[pl.LazyFrame], files: list[Path]):
-    """Run ``queries`` with the streaming engine; Polars read errors become one-line UserErrors naming the file."""
+def _run(job: Callable[[], Any], files: list[Path]) -> Any:
+    """Run a Polars ``job``; a Polars error becomes a one-line UserError naming the (first unreadable) input file."""
     try:
-        return collect(queries, engine="streaming")
+        return job()
     except pl.exceptions.PolarsError as exc:
-        culprit = _unreadable(files) or files[0]
+        culprit = _unreadable(files) or (files[0] if files else "input")
         raise UserError(f"{culprit}: cannot read ({formats.first_line(exc)})") from None
 
 
 def _unreadable(files: list[Path]) -> Path | None:
+    """The first of ``files`` that is not valid UTF-8 text (Parquet inputs are checked as Parquet)."""
     for path in files:
-        if path.is_file():
-            try:
+        try:
+            if path.suffix == ".parquet":
+                pl.scan_parquet(path).select(pl.len()).collect()
+            else:
                 pl.scan_lines(path).select(pl.col("line").str.len_bytes().sum()).collect()
-            except pl.exceptions.PolarsError:
-                return path
+        except pl.exceptions.PolarsError:
+            return path
     return None
 
 
