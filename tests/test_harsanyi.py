@@ -207,10 +207,10 @@ def test_order_distribution_on_known_interactions():
 def test_salient_fraction_counts_per_sample():
     n = 3
     iand = torch.zeros(2**n, 1, dtype=torch.float64)
-    iand[1:4, 0] = torch.tensor([10.0, 0.4, 0.6])  # 0.4 < 5% of 10 < 0.6
+    iand[:4, 0] = torch.tensor([99.0, 10.0, 0.4, 0.6])  # the empty set is ignored; 0.4 < 5% of 10 < 0.6
     result = H.AndOr(n, iand, iand, iand, iand, torch.zeros_like(iand))
     assert H.salient_mask(result)[:4, 0].tolist() == [False, True, False, True]
-    assert H.salient_fraction(result) == pytest.approx(2 / 16)
+    assert H.salient_fraction(result) == pytest.approx(2 / 14)
 
 
 def _dist_with_high_mass(n, high):
