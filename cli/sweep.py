@@ -1,0 +1,106 @@
+"""``dcollapse sweep``: train a grid of variants x seeds, resumable, then the compare table and a summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import typer
+from rich.text import Text
+
+from dcollapse import sweep
+from dcollapse.cli.common import err, handles_errors, out, print_json, progress
+from dcollapse.cli.report import compare, report_table
+from dcollapse.cli.train import parse_widths
+from dcollapse.errors import CheckFailed
+
+
+@handles_errors
+def sweep_command(
+    data_dir: Path = typer.Argument(..., help="Preprocessed dataset directory (meta.json + Parquet splits)."),
+    grid: str = typer.Option(
+        "paper", "--grid", help="paper (FM, CrossNet x none/parallel/stacked) | ablation (DNN parts) | FILE.toml."
+    ),
+    runs_dir: Path = typer.Option(..., "--out", "-o", help="Directory for the runs' checkpoints and the summary."),
+    seeds: int = typer.Option(1, "--seeds", help="Repeat every grid entry with seeds 0..N-1 (mean ± std)."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Override the maximum epochs of every run."),
+    patience: int | None = typer.Option(None, "--patience", help="Override early-stopping patience (0 = off)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Override the batch size of every run."),
+    emb_dim: int | None = typer.Option(None, "--emb-dim", help="Override the embedding size of every run."),
+    dnn: str | None = typer.Option(None, "--dnn", help="Override the DNN widths of every run, e.g. 64,64."),
+    device: str | None = typer.Option(None, "--device", help="cpu | cuda | auto for every run."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads for torch (default: torch's)."),
+    title: str | None = typer.Option(None, "--title", help="Title of summary.md and the plots (default: the grid)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON document instead of tables."),
+) -> None:
+    """Train every entry of a grid with N seeds, one run after another; a restarted sweep skips finished runs.
+
+    Writes RUNS_DIR/<entry>-s<seed>.pt and .json per run, then RUNS_DIR/summary.json, summary.md and
+    spectra-<backbone>.png; prints the compare table of all runs and the mean ± std per entry. A failed run is
+    reported and the others go on (exit 1 at the end if any failed).
+
+    Example: dcollapse sweep data/criteo --grid paper --seeds 3 --out runs/criteo-paper
+    """
+    overrides: dict[str, Any] = {
+        key: value
+        for key, value in {
+            "epochs": epochs,
+            "patience": patience,
+            "batch_size": batch_size,
+            "emb_dim": emb_dim,
+            "dnn": parse_widths(dnn) if dnn is not None else None,
+            "device": device,
+        }.items()
+        if value is not None
+    }
+    specs = sweep.plan(sweep.load_grid(grid), seeds, overrides)
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+    bar = progress(transient=False)
+    with bar:
+        task = bar.add_task("sweep", total=len(specs), status="")
+
+        def on_event(kind: str, spec: sweep.RunSpec, result: dict[str, Any] | None) -> None:
+            if kind == "start":
+                bar.update(task, description=spec.name, status="")
+                return
+            if kind == "fail":
+                bar.console.print(Text(f"{spec.name}: failed: {result['error']}", style="red"))
+            elif kind == "done":
+                bar.console.print(
+                    f"{spec.name}: AUC {result['auc']:.4f}  RankMe {result['rankme']:.1f}  "
+                    f"mean IA {result['mean_ia']:.2f}  best epoch {result['best_epoch']}/{result['epochs_run']}  "
+                    f"{result['seconds']:.0f}s",
+                    highlight=False,
+                )
+            bar.advance(task)
+
+        def on_epoch(spec: sweep.RunSpec, entry: dict[str, Any]) -> None:
+            bar.update(task, status=f"epoch {entry['epoch']}: valid AUC {entry['valid_auc']:.4f}")
+
+        results = sweep.run_sweep(data_dir, specs, runs_dir, on_event=on_event, on_epoch=on_epoch)
+
+    summary = sweep.summarize(results)
+    written = sweep.write_summary(summary, runs_dir, title or f"{grid} grid on {data_dir.name}")
+    if as_json:
+        print_json(summary)
+    else:
+        finished = [runs_dir / f"{r['name']}.pt" for r in results if r["status"] == "ok"]
+        if finished:
+            compare(finished, None, sweep.FIXED_BATCH_SPLIT, sweep.collapse.DEFAULT_BATCH_ROWS,
+                    sweep.collapse.DEFAULT_SEED, False, None)  # fmt: skip
+        table = report_table(f"Mean ± std over seeds ({runs_dir})", list(sweep.SUMMARY_COLUMNS), left=2)
+        for row in summary["groups"]:
+            table.add_row(*sweep.summary_cells(row))
+        table.caption = "Δ: against the base run (no DNN) of the same backbone and seed"
+        out.print(table)
+        err.print("wrote " + ", ".join(str(path) for path in written.values()), highlight=False)
+    if summary["failed"]:
+        names = ", ".join(f["name"] for f in summary["failed"])
+        raise CheckFailed(f"{len(summary['failed'])} run(s) failed: {names} (rerun the sweep to retry them)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("sweep")(sweep_command)

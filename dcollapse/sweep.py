@@ -1,0 +1,453 @@
+"""Sweeps: a grid of training configs x seeds, run one after another in-process, resumable, summarised.
+
+A grid is an ordered mapping ``name -> config`` (``dcollapse train`` options). :func:`plan` expands it with seeds
+into :class:`RunSpec` s (``<name>-s<seed>``), fills in every option with :func:`dcollapse.train.full_config` and
+checks ``RUNS_DIR`` against it; :func:`run_sweep` trains the runs still to do and writes, per run,
+
+- ``RUNS_DIR/<run>.pt``: the checkpoint of ``dcollapse train`` (resumed when a run was interrupted);
+- ``RUNS_DIR/<run>.json``: the run's result (config, AUC/logloss, batch RankMe, mean IA, cov(Z) spectrum), written
+  last, so its presence with the same config marks the run finished and a restarted sweep skips it.
+
+A run that raises is recorded as failed and the sweep goes on. :func:`summarize` aggregates the results of every
+seed of a grid entry (mean and sample std), with the RankMe change against the base run (arch ``none``) of the
+same backbone and seed; :func:`write_summary` writes ``summary.json``, ``summary.md`` and one overlay PNG of the
+normalized cov(Z) spectra per backbone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dcollapse import checkpoint, plots
+from dcollapse.data.dataset import load_meta, load_split
+from dcollapse.errors import UserError
+from dcollapse.io import atomic_path
+from dcollapse.metrics import collapse
+from dcollapse.models import load_model
+from dcollapse.train import full_config, train
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    tomllib = None
+
+# The paper's settings (SPEC-collapse: emb 10, 3 cross layers, MLP [400,400,400]-[500,500,500], dropout 0.1,
+# Adam 1e-3, early stopping patience 2, L2 on embeddings 5e-6 (FM) / 1e-5 (DCNv2)) scaled to samples of 10^4-10^5
+# rows: a narrower MLP (200 per layer, depth 3 kept) and smaller batches (256 instead of 4096) so that an epoch has
+# enough optimizer steps; at most 30 epochs.
+SCALED_SETTINGS: dict[str, Any] = {
+    "emb_dim": 10,
+    "dnn": [200, 200, 200],
+    "activation": "relu",
+    "dropout": 0.1,
+    "cross_layers": 3,
+    "batch_size": 256,
+    "epochs": 30,
+    "patience": 2,
+    "lr": 1e-3,
+    "style": "paper",
+}
+L2_EMB = {"fm": 5e-6, "crossnet": 1e-5}
+BACKBONES = ("fm", "crossnet")
+ARCHS = ("none", "parallel", "stacked")
+# One DNN part switched at a time, against the reference DNN of SCALED_SETTINGS.
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "linear": {"activation": "identity"},
+    "depth1": {"dnn": [200]},
+    "narrow": {"dnn": [50, 50, 50]},
+    "nodropout": {"dropout": 0.0},
+    "batchnorm": {"norm": "batch"},
+    "layernorm": {"norm": "layer"},
+    "residual": {"residual": True},
+}
+FIXED_BATCH_SPLIT = "valid"
+
+
+def paper_grid() -> dict[str, dict[str, Any]]:
+    """The paper's Table 1: FM and CrossNet, each with no DNN, a parallel DNN and a stacked DNN (6 entries)."""
+    return {
+        f"{model}-{arch}": {**SCALED_SETTINGS, "model": model, "arch": arch, "l2_emb": L2_EMB[model]}
+        for model in BACKBONES
+        for arch in ARCHS
+    }
+
+
+def ablation_grid() -> dict[str, dict[str, Any]]:
+    """The paper grid plus, for every backbone x (parallel, stacked), each of :data:`ABLATIONS` switched alone."""
+    grid = paper_grid()
+    for model in BACKBONES:
+        for arch in ARCHS[1:]:
+            for variant, change in ABLATIONS.items():
+                grid[f"{model}-{arch}-{variant}"] = {**grid[f"{model}-{arch}"], **change}
+    return grid
+
+
+GRIDS: dict[str, Callable[[], dict[str, dict[str, Any]]]] = {"paper": paper_grid, "ablation": ablation_grid}
+
+
+def read_grid_file(path: Path) -> dict[str, dict[str, Any]]:
+    """A grid from TOML: an optional ``[base]`` table applied to every run, and one ``[runs.<name>]`` table per run.
+
+    Example::
+
+        [base]
+        emb_dim = 8
+        epochs = 5
+
+        [runs.fm-none]
+        model = "fm"
+
+        [runs.deepfm]
+        model = "fm"
+        arch = "parallel"
+        dnn = [64, 64]
+    """
+    if tomllib is None:
+        raise UserError("grid files need Python 3.11 or newer (tomllib)")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such grid file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: invalid TOML ({exc})") from None
+    unknown = sorted(set(raw) - {"base", "runs"})
+    if unknown:
+        raise UserError(f"{path}: unknown top-level key(s) {', '.join(unknown)}; expected [base] and [runs.<name>]")
+    base, runs = raw.get("base", {}), raw.get("runs", {})
+    if not isinstance(base, dict) or not isinstance(runs, dict) or not runs:
+        raise UserError(f"{path}: expected at least one [runs.<name>] table (and optionally a [base] table)")
+    for name, options in runs.items():
+        if not isinstance(options, dict):
+            raise UserError(f"{path}: runs.{name} must be a table of options")
+    return {name: {**base, **options} for name, options in runs.items()}
+
+
+def load_grid(grid: str) -> dict[str, dict[str, Any]]:
+    """``paper``, ``ablation`` or the path of a TOML grid file."""
+    if grid in GRIDS:
+        return GRIDS[grid]()
+    path = Path(grid)
+    if path.suffix.lower() != ".toml":
+        raise UserError(f"--grid must be one of {', '.join(GRIDS)} or a .toml grid file, not {grid!r}")
+    return read_grid_file(path)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a sweep: grid entry ``group`` trained with ``seed``, saved as ``RUNS_DIR/<name>.pt``."""
+
+    name: str
+    group: str
+    seed: int
+    config: dict[str, Any]
+
+
+def run_name(group: str, seed: int) -> str:
+    return f"{group}-s{seed}"
+
+
+def plan(
+    grid: Mapping[str, Mapping[str, Any]], seeds: int, overrides: Mapping[str, Any] | None = None
+) -> list[RunSpec]:
+    """Expand ``grid`` into runs for seeds 0..seeds-1 (``overrides`` replace options of every entry), configs
+    completed and validated; a bad entry raises a UserError naming it."""
+    if seeds < 1:
+        raise UserError(f"--seeds must be >= 1, not {seeds}")
+    specs = []
+    for group, options in grid.items():
+        if not group or any(ch in group for ch in "/\\") or group.startswith("."):
+            raise UserError(f"grid entry {group!r}: names must be plain file names")
+        if "seed" in options:
+            raise UserError(f"grid entry {group}: 'seed' is set by --seeds, remove it from the grid")
+        for seed in range(seeds):
+            try:
+                config = full_config({**options, **(overrides or {}), "seed": seed})
+            except UserError as exc:
+                raise UserError(f"grid entry {group}: {exc}") from None
+            specs.append(RunSpec(run_name(group, seed), group, seed, config))
+    return specs
+
+
+def result_path(runs_dir: Path, spec: RunSpec) -> Path:
+    return runs_dir / f"{spec.name}.json"
+
+
+def checkpoint_path(runs_dir: Path, spec: RunSpec) -> Path:
+    return runs_dir / f"{spec.name}.pt"
+
+
+def read_result(runs_dir: Path, spec: RunSpec) -> dict[str, Any] | None:
+    """The finished result of ``spec`` in ``runs_dir``, or None; a result with another config raises a UserError."""
+    path = result_path(runs_dir, spec)
+    if not path.is_file():
+        return None
+    try:
+        result = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise UserError(f"{path}: not a valid result file (delete it to redo the run)") from None
+    if result.get("config") != spec.config:
+        raise UserError(
+            f"{path}: this run was made with other settings; use another --out or the same grid and options"
+        )
+    return result
+
+
+def resume_state(runs_dir: Path, spec: RunSpec) -> dict[str, Any] | None:
+    """The checkpoint of an interrupted run of ``spec`` to continue from, or None to start afresh."""
+    path = checkpoint_path(runs_dir, spec)
+    if not path.is_file():
+        return None
+    ckpt = checkpoint.load(path)
+    if ckpt.get("config") != spec.config:
+        raise UserError(f"{path}: a checkpoint with other settings; use another --out or the same grid and options")
+    return ckpt if "resume" in ckpt else None
+
+
+def run_result(spec: RunSpec, ckpt: dict[str, Any], ids: Any, seconds: float) -> dict[str, Any]:
+    """The result document of a finished run: metrics of the best epoch's weights and the spectra of its fixed
+    batch Z = flat embeddings [B, F*d] of ``ids`` [B, F]."""
+    model = load_model(ckpt)
+    batch = collapse.batch_spectra(model, ids, FIXED_BATCH_SPLIT, collapse.DEFAULT_SEED)
+    best = next(h for h in ckpt["history"] if h["epoch"] == ckpt["best_epoch"])
+    test = ckpt.get("test")
+    return {
+        "name": spec.name,
+        "group": spec.group,
+        "seed": spec.seed,
+        "status": "ok",
+        "config": spec.config,
+        "dataset": {"name": ckpt["meta"].get("name"), "path": ckpt["data"]["path"], "hash": ckpt["data"]["hash"]},
+        "auc": test["auc"] if test else best["valid_auc"],
+        "logloss": test["logloss"] if test else best["valid_logloss"],
+        "metrics_split": "test" if test else "valid",
+        "valid_auc": best["valid_auc"],
+        "rankme": batch.z.rankme,
+        "mean_ia": best["mean_ia"],
+        "field_ia": best["field_ia"],
+        "best_epoch": ckpt["best_epoch"],
+        "epochs_run": len(ckpt["history"]),
+        "seconds": seconds,
+        "batch_rows": batch.rows,
+        "cov_spectrum": [float(v) for v in batch.covariance.normalized],
+    }
+
+
+def fixed_batch_ids(data_dir: Path) -> Any:
+    """ids int32 [B, F]: the fixed validation batch every run's RankMe and spectrum is measured on (the same rows
+    ``dcollapse compare`` draws by default)."""
+    meta = load_meta(data_dir)
+    if FIXED_BATCH_SPLIT not in meta["splits"]:
+        raise UserError(f"{data_dir}: a sweep needs a {FIXED_BATCH_SPLIT} split")
+    rows = load_split(data_dir, FIXED_BATCH_SPLIT, meta)
+    return rows.ids[collapse.fixed_batch_indices(len(rows), collapse.DEFAULT_BATCH_ROWS, collapse.DEFAULT_SEED)]
+
+
+Event = Callable[[str, RunSpec, dict[str, Any] | None], None]
+
+
+def run_sweep(
+    data_dir: str | Path,
+    specs: list[RunSpec],
+    runs_dir: str | Path,
+    *,
+    on_event: Event | None = None,
+    on_epoch: Callable[[RunSpec, dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Train every run of ``specs`` not finished in ``runs_dir``, one after another; returns one result per spec.
+
+    ``on_event(kind, spec, result)`` reports "skip" (finished earlier), "start", "done" and "fail" (the result then
+    has status "failed" and a one-line "error"); ``on_epoch(spec, history_entry)`` reports training progress.
+    Every existing result and checkpoint is checked against its config before anything runs. A KeyboardInterrupt
+    stops the sweep (the interrupted run resumes from its last epoch next time); any other exception fails one run.
+    """
+    data_dir, runs_dir = Path(data_dir).resolve(), Path(runs_dir)
+    data_hash = load_meta(data_dir).get("input_hash")  # a bad dataset fails the whole sweep, not each run
+    if runs_dir.exists() and not runs_dir.is_dir():
+        raise UserError(f"{runs_dir}: exists and is not a directory")
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    finished = {spec.name: read_result(runs_dir, spec) for spec in specs}
+    for spec in specs:
+        if finished[spec.name] is not None and finished[spec.name]["dataset"]["hash"] != data_hash:
+            raise UserError(f"{result_path(runs_dir, spec)}: trained on another dataset; use another --out")
+    resumes = {spec.name: resume_state(runs_dir, spec) for spec in specs if finished[spec.name] is None}
+    ids = fixed_batch_ids(data_dir)
+    emit = on_event or (lambda kind, spec, result: None)
+    results = []
+    for spec in specs:
+        result = finished[spec.name]
+        if result is not None:
+            emit("skip", spec, result)
+            results.append(result)
+            continue
+        emit("start", spec, None)
+        start = time.perf_counter()
+        try:
+            ckpt = train(
+                data_dir,
+                spec.config,
+                checkpoint_path(runs_dir, spec),
+                resume=resumes[spec.name],
+                on_epoch=None if on_epoch is None else lambda entry, spec=spec: on_epoch(spec, entry),
+            )
+            result = run_result(spec, ckpt, ids, time.perf_counter() - start)
+            with atomic_path(result_path(runs_dir, spec)) as tmp:
+                tmp.write_text(json.dumps(result, indent=1))
+        except Exception as exc:  # one failed run must not stop the sweep
+            message = (str(exc).strip().splitlines() or [""])[0]
+            result = {
+                "name": spec.name,
+                "group": spec.group,
+                "seed": spec.seed,
+                "status": "failed",
+                "config": spec.config,
+                "error": f"{type(exc).__name__}: {message}",
+            }
+            emit("fail", spec, result)
+        else:
+            emit("done", spec, result)
+        results.append(result)
+    return results
+
+
+def mean_std(values: list[float]) -> dict[str, float | int | None]:
+    """{"mean", "std" (sample std, None for one value), "n"} of finite ``values`` (mean None when empty)."""
+    v = np.array([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
+    return {
+        "mean": float(v.mean()) if v.size else None,
+        "std": float(v.std(ddof=1)) if v.size > 1 else None,
+        "n": int(v.size),
+    }
+
+
+METRICS = ("auc", "logloss", "rankme", "mean_ia", "best_epoch")
+
+
+def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per grid entry (in grid order): mean and std over seeds of :data:`METRICS`, of the RankMe change
+    ``rankme / rankme(base) - 1`` and of the AUC change ``auc - auc(base)``, both against the run with the same
+    backbone and seed whose arch is ``none`` (when the grid has one), and the mean normalized cov(Z) spectrum."""
+    ok = [r for r in results if r["status"] == "ok"]
+    bases = {(r["config"]["model"], r["seed"]): r for r in ok if r["config"]["arch"] == "none"}
+    groups: dict[str, dict[str, Any]] = {}
+    for r in results:
+        groups.setdefault(r["group"], {"runs": []})["runs"].append(r)
+    rows = []
+    for group, entry in groups.items():
+        runs = [r for r in entry["runs"] if r["status"] == "ok"]
+        config = entry["runs"][0]["config"]
+        row: dict[str, Any] = {
+            "group": group,
+            "model": config["model"],
+            "arch": config["arch"],
+            "config": {k: v for k, v in config.items() if k != "seed"},
+            "seeds": [r["seed"] for r in runs],
+            "failed": [{"name": r["name"], "error": r["error"]} for r in entry["runs"] if r["status"] != "ok"],
+            "dataset": runs[0]["dataset"] if runs else None,
+            "metrics_split": runs[0]["metrics_split"] if runs else None,
+        }
+        for metric in METRICS:
+            row[metric] = mean_std([r[metric] for r in runs])
+        paired = [(r, bases.get((r["config"]["model"], r["seed"]))) for r in runs]
+        paired = [(r, b) for r, b in paired if b is not None and config["arch"] != "none"]
+        row["rankme_change"] = mean_std([r["rankme"] / b["rankme"] - 1.0 for r, b in paired if b["rankme"] > 0])
+        row["auc_change"] = mean_std([r["auc"] - b["auc"] for r, b in paired])
+        row["rankme_up_seeds"] = sum(r["rankme"] > b["rankme"] for r, b in paired)
+        spectra = [np.array(r["cov_spectrum"]) for r in runs]
+        width = min((s.size for s in spectra), default=0)
+        row["cov_spectrum"] = np.mean([s[:width] for s in spectra], axis=0).tolist() if spectra else []
+        rows.append(row)
+    return {
+        "runs": len(results),
+        "ok": len(ok),
+        "failed": [{"name": r["name"], "error": r["error"]} for r in results if r["status"] != "ok"],
+        "groups": rows,
+    }
+
+
+def pm(stat: Mapping[str, Any], spec: str = ".4f", percent: bool = False) -> str:
+    """'mean ± std' (or 'mean' for one seed, '—' when missing)."""
+    if stat["mean"] is None:
+        return "—"
+    scale, suffix = (100.0, "%") if percent else (1.0, "")
+    text = f"{stat['mean'] * scale:{'+' if percent else ''}{spec}}{suffix}"
+    return text if stat["std"] is None else f"{text} ± {stat['std'] * scale:{spec}}{suffix}"
+
+
+def dnn_label(config: Mapping[str, Any]) -> str:
+    """'200-200-200 relu, dropout 0.1' for runs with a DNN, '—' without."""
+    if config["arch"] == "none":
+        return "—"
+    parts = ["-".join(str(w) for w in config["dnn"]) + f" {config['activation']}"]
+    if config["norm"] != "none":
+        parts.append(f"{config['norm']} norm")
+    if config["dropout"]:
+        parts.append(f"dropout {config['dropout']:g}")
+    if config["residual"]:
+        parts.append("residual")
+    return ", ".join(parts)
+
+
+SUMMARY_COLUMNS = ("run", "DNN", "seeds", "AUC", "logloss", "RankMe", "Δ RankMe vs base", "Δ AUC vs base", "mean IA")
+
+
+def summary_cells(row: Mapping[str, Any]) -> list[str]:
+    """The cells of one grid entry in :data:`SUMMARY_COLUMNS` order."""
+    failed = f" ({len(row['failed'])} failed)" if row["failed"] else ""
+    return [
+        row["group"],
+        dnn_label(row["config"]),
+        f"{len(row['seeds'])}{failed}",
+        pm(row["auc"]),
+        pm(row["logloss"]),
+        pm(row["rankme"], ".1f"),
+        pm(row["rankme_change"], ".1f", percent=True),
+        pm(row["auc_change"], "+.4f"),
+        pm(row["mean_ia"], ".2f"),
+    ]
+
+
+def summary_markdown(summary: Mapping[str, Any], title: str) -> str:
+    """The summary as a Markdown section: one table row per grid entry, then the failures."""
+    split = {row["metrics_split"] for row in summary["groups"]} - {None}
+    lines = [
+        f"### {title}",
+        "",
+        "| " + " | ".join(SUMMARY_COLUMNS) + " |",
+        "|" + "|".join(["---"] * 2 + ["---:"] * (len(SUMMARY_COLUMNS) - 2)) + "|",
+    ]
+    lines += ["| " + " | ".join(summary_cells(row)) + " |" for row in summary["groups"]]
+    lines += [
+        "",
+        f"Mean ± sample std over seeds. AUC and logloss on the {'/'.join(sorted(split)) or '?'} split (best epoch by"
+        " validation AUC); RankMe of Z = flat embeddings of the fixed validation batch; Δ against the base run"
+        " (no DNN) of the same backbone and seed.",
+    ]
+    lines += [f"- failed: {f['name']}: {f['error']}" for f in summary["failed"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(summary: Mapping[str, Any], runs_dir: str | Path, title: str) -> dict[str, Path]:
+    """``summary.json``, ``summary.md`` and ``spectra-<backbone>.png`` (mean normalized cov(Z) spectrum of every
+    grid entry of that backbone, log scale) in ``runs_dir``; returns the paths written."""
+    runs_dir = Path(runs_dir)
+    written = {"json": runs_dir / "summary.json", "md": runs_dir / "summary.md"}
+    with atomic_path(written["json"]) as tmp:
+        tmp.write_text(json.dumps(summary, indent=1))
+    with atomic_path(written["md"]) as tmp:
+        tmp.write_text(summary_markdown(summary, title))
+    for model in dict.fromkeys(row["model"] for row in summary["groups"]):
+        series = {row["group"]: row["cov_spectrum"] for row in summary["groups"] if row["model"] == model}
+        series = {name: values for name, values in series.items() if values}
+        if series:
+            path = runs_dir / f"spectra-{model}.png"
+            plots.overlay_spectra(series, path, f"{title}: normalized eigenvalues of cov(Z), {model}, mean over seeds")
+            written[f"png-{model}"] = path
+    return written
