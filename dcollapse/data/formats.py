@@ -87,7 +87,7 @@ def _lines(path: Path, skip_first: bool) -> pl.LazyFrame:
     )
     if skip_first:
         lf = lf.filter(pl.col(LINE) > 1)
-    return lf.filter(pl.col("line").str.strip_chars() != "")
+    return lf.filter(pl.col("line") != "")
 
 
 def _split(lf: pl.LazyFrame, sep: str, names: list[str], unquote: bool = False) -> tuple[pl.LazyFrame, Check]:
@@ -388,8 +388,10 @@ def _movielens(folder: Path) -> Source:
 
 
 def _lookup_table(path: Path, names: list[str]) -> pl.LazyFrame:
-    """A '|'-separated MovieLens side table; a malformed line is an error (it would silently drop features)."""
-    lf, (cond, msg) = _split(_lines(path, skip_first=False), "|", names)
+    """A small '|'-separated MovieLens side table (Latin-1 text); a malformed line is an error."""
+    text = path.read_bytes().decode("latin-1").splitlines()
+    lines = pl.LazyFrame({LINE: pl.int_range(1, len(text) + 1, eager=True, dtype=pl.UInt64), "line": text})
+    lf, (cond, msg) = _split(lines.filter(pl.col("line") != ""), "|", names)
     try:
         bad = lf.filter(cond).select(LINE, msg.alias("m")).head(1).collect()
     except pl.exceptions.PolarsError as exc:

@@ -1,0 +1,370 @@
+"""dcollapse preprocess: every format, the Criteo binning rule, vocabularies/OOV, splits, apply mode, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from _data_fixtures import criteo_row, shared_data, write_lines
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from dcollapse.cli.app import app
+from dcollapse.data.dataset import load_meta, load_split
+from dcollapse.data.preprocess import Options, log_bin, preprocess
+from dcollapse.errors import UserError
+
+ALL_TRAIN = {"valid_frac": 0.0, "test_frac": 0.0}
+
+
+def run(inputs, out, **opts) -> dict:
+    return preprocess([str(p) for p in inputs], out, Options(**opts))
+
+
+def frame(out: Path, split: str = "train") -> pl.DataFrame:
+    return pl.read_parquet(out / f"{split}.parquet")
+
+
+def vocab_of(out: Path, field: str) -> dict[str, int]:
+    v = pl.read_parquet(out / "vocab.parquet").filter(pl.col("field") == field)
+    return dict(zip(v["token"].to_list(), v["id"].to_list(), strict=True))
+
+
+def cli(*args: str):
+    return CliRunner().invoke(app, ["preprocess", *args])
+
+
+# ------------------------------------------------------------------------------------------------ the binning rule
+
+
+def test_criteo_log_binning_hand_checked_values():
+    values = [-1.0, 0.0, 1.0, 2.0, 2.5, 3.0, 10.0, 100.0, 1000.0, 1e6, None]
+    # v > 2 -> int(ln(v)^2): ln 2.5 = 0.916 -> 0.84 -> 0; ln 3 = 1.0986 -> 1.207 -> 1; ln 10 = 2.3026 -> 5.30 -> 5;
+    # ln 100 = 4.605 -> 21.21 -> 21; ln 1000 = 6.908 -> 47.7 -> 47; ln 1e6 = 13.8155 -> 190.87 -> 190; else v itself.
+    expected = [-1.0, 0.0, 1.0, 2.0, 0.0, 1.0, 5.0, 21.0, 47.0, 190.0, None]
+    got = pl.DataFrame({"v": values}).select(log_bin(pl.col("v")))["v"].to_list()
+    assert got == expected
+    assert [int(math.log(v) ** 2) for v in (3.0, 10.0, 100.0, 1000.0, 1e6)] == [1, 5, 21, 47, 190]
+
+
+# ------------------------------------------------------------------------------------------------------- criteo
+
+
+def test_criteo_ids_vocab_and_missing(tmp_path):
+    lines = [
+        criteo_row("1", ["10", "-1"], ["a"]),
+        criteo_row("0", ["12", "4"], ["a"]),
+        criteo_row("0", ["", "1"], ["a"]),
+        criteo_row("1", ["100", "0"], ["b"]),
+        criteo_row("0", ["1", ""], ["b"]),
+        criteo_row("0", ["2", "3"], ["c"]),
+        criteo_row("1", ["3", "2"], [""]),
+    ]
+    src = write_lines(tmp_path / "train.txt", lines)
+    meta = run([src], tmp_path / "out", format="criteo", **ALL_TRAIN)
+    assert [f["name"] for f in meta["fields"]] == [f"I{k}" for k in range(1, 14)] + [f"C{k}" for k in range(1, 27)]
+    assert meta["splits"] == {"train": {"file": "train.parquet", "rows": 7, "positives": 3}}
+    df = frame(tmp_path / "out")
+    assert df.schema["C1"] == pl.Int32 and df.schema["label"] == pl.Int8
+    # C1: a x3 -> 2, b x2 -> 3, c x1 -> 4 (by decreasing count), missing -> 1; vocab = OOV + missing + 3.
+    assert df["C1"].to_list() == [2, 2, 2, 3, 3, 4, 1]
+    assert meta["fields"][13]["vocab_size"] == 5
+    # I1 tokens: 10 -> 5, 12 -> 6, missing, 100 -> 21, 1 -> 1, 2 -> 2, 3 -> 1 (same token as 1: the convention).
+    i1 = df["I1"].to_list()
+    assert i1[2] == 1 and i1[4] == i1[6] and len({i1[0], i1[1], i1[3], i1[4], i1[5]}) == 5
+    # I2: 4 -> int(1.92) = 1 collides with 1; -1, 0, 2, 3 -> 1 ... distinct tokens -1, 1, 0, 2 and missing.
+    i2 = df["I2"].to_list()
+    assert i2[1] == i2[2] == i2[5] and i2[4] == 1 and len({i2[0], i2[1], i2[3], i2[6]}) == 4
+    # fields with only missing values: vocab = {OOV, missing}, every id 1.
+    assert meta["fields"][12]["vocab_size"] == 2 and set(df["I13"].to_list()) == {1}
+    offsets = [f["offset"] for f in meta["fields"]]
+    sizes = [f["vocab_size"] for f in meta["fields"]]
+    assert offsets == list(np.cumsum([0, *sizes[:-1]]))
+    assert meta["format"] == "dcollapse.dataset" and meta["version"] == 1 and meta["skipped_rows"] == 0
+    assert meta["input_hash"].startswith("sha256:") and meta["options"]["format"] == "criteo"
+
+
+def test_min_count_maps_rare_values_to_oov(tmp_path):
+    src = write_lines(tmp_path / "t.txt", [criteo_row("0", [], [c]) for c in "aaabbc"])
+    meta = run([src], tmp_path / "out", format="criteo", min_count=2, **ALL_TRAIN)
+    assert frame(tmp_path / "out")["C1"].to_list() == [2, 2, 2, 3, 3, 0]
+    assert meta["fields"][13]["vocab_size"] == 4  # OOV, missing, a, b
+
+
+def test_random_split_is_seeded_disjoint_and_complete(tmp_path):
+    src = write_lines(tmp_path / "t.txt", [criteo_row(str(i % 2), [str(i)], [f"v{i}"]) for i in range(2000)])
+    meta = run([src], tmp_path / "a", format="criteo", valid_frac=0.2, test_frac=0.1, seed=3)
+    again = run([src], tmp_path / "b", format="criteo", valid_frac=0.2, test_frac=0.1, seed=3)
+    other = run([src], tmp_path / "c", format="criteo", valid_frac=0.2, test_frac=0.1, seed=4)
+    rows = {s: meta["splits"][s]["rows"] for s in ("train", "valid", "test")}
+    assert sum(rows.values()) == 2000
+    assert abs(rows["valid"] - 400) < 80 and abs(rows["test"] - 200) < 60
+    assert again["splits"] == meta["splits"] and other["splits"] != meta["splits"]
+    # Vocabularies come from train only: every valid/test value is unique, so all are OOV there.
+    assert set(frame(tmp_path / "a", "valid")["C1"].to_list()) == {0}
+    assert (frame(tmp_path / "a", "train")["C1"] >= 2).all()
+
+
+def test_split_files_keep_given_files_as_splits(tmp_path):
+    train = write_lines(tmp_path / "train.txt", [criteo_row("1", [], ["x"])] * 50 + [criteo_row("0", [], ["y"])] * 50)
+    test = write_lines(tmp_path / "test.txt", [criteo_row("0", [], ["y"]), criteo_row("1", [], ["new"])])
+    meta = run([train, test], tmp_path / "out", format="criteo", split_files=True, valid_frac=0.2)
+    assert meta["splits"]["test"]["rows"] == 2 and meta["splits"]["test"]["positives"] == 1
+    assert meta["splits"]["train"]["rows"] + meta["splits"]["valid"]["rows"] == 100
+    assert frame(tmp_path / "out", "test")["C1"].to_list()[1] == 0  # unseen in train -> OOV
+
+
+def test_apply_mode_reuses_vocabularies(tmp_path):
+    train = write_lines(tmp_path / "train.txt", [criteo_row("0", ["5"], [c]) for c in "aabbbc"])
+    new = write_lines(tmp_path / "new.txt", [criteo_row("1", ["5"], ["b"]), criteo_row("0", ["7"], ["zzz"])])
+    base = run([train], tmp_path / "base", format="criteo", **ALL_TRAIN)
+    applied = preprocess([str(new)], tmp_path / "applied", Options(apply=str(tmp_path / "base")))
+    assert applied["fields"] == base["fields"]
+    assert list(applied["splits"]) == ["test"] and applied["splits"]["test"]["rows"] == 2
+    got = frame(tmp_path / "applied", "test")
+    assert got["C1"].to_list() == [vocab_of(tmp_path / "base", "C1")["b"], 0]
+    assert got["I1"][0] == frame(tmp_path / "base")["I1"][0]  # 5 -> same token, same id
+    assert got["I1"][1] == 0  # 7 -> int(ln(7)^2) = 3, never seen in train -> OOV
+    # Applying to the training file itself reproduces the training ids exactly.
+    again = preprocess([str(train)], tmp_path / "again", Options(apply=str(tmp_path / "base")))
+    assert again["splits"]["test"]["rows"] == 6
+    assert frame(tmp_path / "again", "test").equals(frame(tmp_path / "base"))
+
+
+# ------------------------------------------------------------------------------------------------ other formats
+
+
+def test_csv_default_all_columns_categorical_and_label(tmp_path):
+    src = write_lines(tmp_path / "d.csv", ["label,color,size", "1,red,S", "0,blue,M", "1,red,", '0,"green",M'])
+    meta = run([src], tmp_path / "out", format="csv", label="label", **ALL_TRAIN)
+    assert [(f["name"], f["kind"]) for f in meta["fields"]] == [("color", "categorical"), ("size", "categorical")]
+    df = frame(tmp_path / "out")
+    assert df["label"].to_list() == [1, 0, 1, 0]
+    assert df["color"].to_list() == [2, 3, 2, 4] and df["size"][2] == 1
+    assert "green" in vocab_of(tmp_path / "out", "color")
+
+
+def test_csv_numeric_quantile_bins_and_roles(tmp_path):
+    rows = [f"{i % 2};{i};k{i % 3};ignored" for i in range(1, 101)]
+    src = write_lines(tmp_path / "d.csv", ["y;amount;kind;note", *rows])
+    meta = run(
+        [src], tmp_path / "out", format="csv", label="y", categorical=["kind"], numeric=["amount"],
+        numeric_bins="4", separator=";", **ALL_TRAIN,
+    )  # fmt: skip
+    assert [(f["name"], f["kind"]) for f in meta["fields"]] == [("kind", "categorical"), ("amount", "numeric")]
+    amount = frame(tmp_path / "out")["amount"].to_numpy()
+    counts = np.bincount(amount)[2:]
+    assert len(counts) == 4 and counts.min() >= 20  # 4 quantile bins of 1..100, about 25 each
+    assert (np.diff(amount) >= 0).sum() >= 96  # bins are monotone in the value (ids differ only by rank order)
+    log = run([src], tmp_path / "log", format="csv", label="y", numeric=["amount"], separator=";", **ALL_TRAIN)
+    assert log["fields"][0]["vocab_size"] == 2 + len({int(math.log(v) ** 2) if v > 2 else v for v in range(1, 101)})
+
+
+def test_parquet_input(tmp_path):
+    src = tmp_path / "d.parquet"
+    pl.DataFrame({"click": [1.0, 0.0, 1.0], "site": ["s1", "s2", None], "price": [0.5, 30.0, None]}).write_parquet(src)
+    meta = run([src], tmp_path / "out", format="parquet", label="click", categorical=["site"], numeric=["price"],
+               **ALL_TRAIN)  # fmt: skip
+    df = frame(tmp_path / "out")
+    assert meta["splits"]["train"]["positives"] == 2 and df["site"][2] == 1 and df["price"][2] == 1
+
+
+def test_avazu_hour_split_and_no_header(tmp_path):
+    header = (
+        "id,click,hour,C1,banner_pos,site_id,site_domain,site_category,app_id,app_domain,app_category,device_id,"
+        "device_ip,device_model,device_type,device_conn_type,C14,C15,C16,C17,C18,C19,C20,C21"
+    )
+    body = ["1,0,14102100," + ",".join(["x"] * 21), "2,1,14102623," + ",".join(["y"] * 21)]
+    meta = run([write_lines(tmp_path / "a.csv", [header, *body])], tmp_path / "out", format="avazu", **ALL_TRAIN)
+    names = [f["name"] for f in meta["fields"]]
+    assert names[:3] == ["hour_of_day", "weekday", "C1"] and "id" not in names and len(names) == 23
+    assert frame(tmp_path / "out")["label"].to_list() == [0, 1]
+    # 2014-10-21 is a Tuesday (ISO weekday 2), 2014-10-26 a Sunday (7); hours 00 and 23.
+    assert set(vocab_of(tmp_path / "out", "weekday")) == {"2", "7"}
+    assert set(vocab_of(tmp_path / "out", "hour_of_day")) == {"0", "23"}
+    bare = run([write_lines(tmp_path / "b.csv", body)], tmp_path / "bare", format="avazu", header=False, **ALL_TRAIN)
+    assert bare["fields"] == meta["fields"]
+
+
+def test_libfm(tmp_path):
+    src = write_lines(tmp_path / "d.libfm", ["1 3:1 10:1 20:1", "-1 4:1 10:1 21:1", "-1 3:1  11:1 20:1"])
+    meta = run([src], tmp_path / "out", format="libfm", **ALL_TRAIN)
+    assert [f["name"] for f in meta["fields"]] == ["f1", "f2", "f3"]
+    df = frame(tmp_path / "out")
+    assert df["label"].to_list() == [1, 0, 0] and df["f1"][0] == df["f1"][2] != df["f1"][1]
+
+
+def test_movielens_folder(tmp_path):
+    folder = tmp_path / "ml"
+    folder.mkdir()
+    write_lines(folder / "u.data", ["1\t10\t5\t0", "2\t10\t3\t7200", "1\t11\t4\t3600"])
+    write_lines(folder / "u.user", ["1|24|M|technician|85711", "2|53|F|other|94043"])
+    genres = "|".join(["0"] * 19)
+    write_lines(
+        folder / "u.item",
+        [f"10|A (1995)|01-Jan-1995||url|{genres[:-1]}1", "11|B (1996)|01-Jan-1996||url|0|1|1" + "|0" * 16],
+    )
+    meta = run([folder], tmp_path / "out", format="movielens", **ALL_TRAIN)
+    assert [f["name"] for f in meta["fields"]] == [
+        "user", "item", "age", "gender", "occupation", "zip", "genre", "release_year", "hour",
+    ]  # fmt: skip
+    df = frame(tmp_path / "out")
+    assert df["label"].to_list() == [1, 0, 1]  # rating >= 4
+    assert set(vocab_of(tmp_path / "out", "hour")) == {"0", "1", "2"}
+    assert set(vocab_of(tmp_path / "out", "age")) == {"18-24", "50-55"}
+    assert set(vocab_of(tmp_path / "out", "genre")) == {"18", "1"}  # first genre flag set
+    assert set(vocab_of(tmp_path / "out", "release_year")) == {"1995", "1996"}
+
+
+# ----------------------------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("lines", "problem"),
+    [
+        (["0\t1\t2"], "line 2: expected 40 columns, found 3"),
+        ([criteo_row("0", ["x1"])], "line 2: I1: not a number: 'x1'"),
+        ([criteo_row("2")], "line 2: label must be 0 or 1, got '2'"),
+        ([criteo_row("")], "line 2: label is missing"),
+    ],
+)
+def test_bad_rows_are_reported_with_file_and_line(tmp_path, lines, problem):
+    src = write_lines(tmp_path / "bad.txt", [criteo_row("1", ["1"], ["a"]), *lines, criteo_row("0")])
+    result = cli(str(src), "--format", "criteo", "--out", str(tmp_path / "out"))
+    assert result.exit_code == 2
+    assert f"{src}, {problem}" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.txt"]  # nothing half-written
+
+
+def test_bad_rows_skip_counts_them(tmp_path):
+    src = write_lines(tmp_path / "bad.txt", [criteo_row("1"), "garbage", criteo_row("7"), criteo_row("0")])
+    result = cli(str(src), "--format", "criteo", "--out", str(tmp_path / "out"), "--bad-rows", "skip", "--json",
+                 "--valid-frac", "0", "--test-frac", "0")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    meta = json.loads(result.stdout)
+    assert meta["skipped_rows"] == 2 and meta["splits"]["train"]["rows"] == 2
+    assert load_meta(tmp_path / "out")["skipped_rows"] == 2
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "message"),
+    [
+        (lambda d: (d / "e.txt").write_text(""), ["e.txt", "--format", "criteo"], "e.txt: empty file"),
+        (lambda d: (d / "h.csv").write_text("label,a\n"), ["h.csv", "--format", "csv"], "h.csv: empty file"),
+        (lambda d: (d / "c.csv").write_text("label,a\n1,x\n"), ["c.csv", "--format", "csv", "--numeric", "b"],
+         "c.csv: missing column 'b'"),
+        (lambda d: (d / "c.csv").write_text("lab,a\n1,x\n"), ["c.csv", "--format", "csv"], "missing column 'label'"),
+        (lambda d: None, ["nope.txt", "--format", "criteo"], "nope.txt: no such file or directory"),
+        (lambda d: (d / "out").mkdir() or (d / "t.txt").write_text(criteo_row() + "\n"),
+         ["t.txt", "--format", "criteo"], "out: already exists (pass --overwrite"),
+        (lambda d: (d / "b.txt").write_bytes(b"\xff\xfe\x00\x80\n"), ["b.txt", "--format", "criteo"],
+         "b.txt: cannot read"),
+        (lambda d: (d / "t.txt").write_text(criteo_row() + "\n"), ["t.txt", "--format", "xml"], "--format must be"),
+    ],
+)  # fmt: skip
+def test_bad_input_one_line_exit_2(tmp_path, monkeypatch, setup, args, message):
+    monkeypatch.chdir(tmp_path)
+    setup(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = cli(*args, "--out", "out")
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_overwrite_replaces_existing_output(tmp_path):
+    src = write_lines(tmp_path / "t.txt", [criteo_row("1", [], ["a"])] * 3)
+    run([src], tmp_path / "out", format="criteo", **ALL_TRAIN)
+    with pytest.raises(UserError, match="already exists"):
+        run([src], tmp_path / "out", format="criteo", **ALL_TRAIN)
+    meta = preprocess([str(src)], tmp_path / "out", Options(format="criteo", **ALL_TRAIN), overwrite=True)
+    assert meta["splits"]["train"]["rows"] == 3
+
+
+def test_cli_summary_and_help(tmp_path):
+    src = write_lines(tmp_path / "d.csv", ["label,a", "1,x", "0,y"])
+    result = cli(str(src), "--format", "csv", "--out", str(tmp_path / "out"), "--valid-frac", "0", "--test-frac", "0")
+    assert result.exit_code == 0 and "split train" in result.stdout and "field a" in result.stdout
+    assert "Example: dcollapse preprocess" in CliRunner().invoke(app, ["preprocess", "--help"]).stdout
+
+
+# ------------------------------------------------------------------------------------------------------- fuzzing
+
+NEAR_VALID = st.lists(
+    st.one_of(
+        st.just(criteo_row("1", ["3", "-1"], ["ab"])),
+        st.text(alphabet="01\t-x.9e \r,\"", max_size=60),
+        st.builds(lambda n: "\t".join(["0"] * n), st.integers(0, 45)),
+    ),
+    min_size=0,
+    max_size=6,
+)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.one_of(st.binary(max_size=200), NEAR_VALID.map(lambda ls: "\n".join(ls).encode())))
+@pytest.mark.parametrize("fmt", ["criteo", "csv"])
+def test_fuzzed_input_never_crashes(tmp_path, fmt, data):
+    src = tmp_path / "fuzz.txt"
+    src.write_bytes(data)
+    out = tmp_path / "fuzz-out"
+    for skip in ("error", "skip"):
+        try:
+            meta = preprocess([str(src)], out, Options(format=fmt, bad_rows=skip), overwrite=True)
+        except UserError as exc:
+            assert "\n" not in str(exc)
+        else:
+            assert sum(s["rows"] for s in meta["splits"].values()) + meta["skipped_rows"] >= 1
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no scratch or temp dirs left
+
+
+# ---------------------------------------------------------------------------------------------- real data samples
+
+SHARED = shared_data()
+needs_shared = pytest.mark.skipif(SHARED is None, reason="real data samples not available")
+
+
+@needs_shared
+def test_real_criteo_sample_with_split_files_and_apply(tmp_path):
+    folder = SHARED / "criteo-sample-10k"
+    if not (folder / "train.txt").is_file():
+        pytest.skip("criteo-sample-10k not present")
+    meta = run([folder / "train.txt", folder / "test.txt"], tmp_path / "out", format="criteo", split_files=True)
+    assert meta["splits"]["test"] == {"file": "test.parquet", "rows": 2000, "positives": 454}
+    assert meta["splits"]["train"]["rows"] + meta["splits"]["valid"]["rows"] == 8000
+    split = load_split(tmp_path / "out", "train")
+    assert split.ids.shape[1] == 39 and 0.15 < float(split.labels.mean()) < 0.3
+    preprocess([str(folder / "test.txt")], tmp_path / "applied", Options(apply=str(tmp_path / "out")))
+    assert frame(tmp_path / "applied", "test").equals(frame(tmp_path / "out", "test"))
+
+
+@needs_shared
+def test_real_deepctr_samples_as_csv_and_avazu(tmp_path):
+    folder = SHARED / "criteo-deepctr-sample"
+    if not (folder / "criteo_sample.txt").is_file():
+        pytest.skip("criteo-deepctr-sample not present")
+    ints = ",".join(f"I{k}" for k in range(1, 14))
+    cats = ",".join(f"C{k}" for k in range(1, 27))
+    meta = run([folder / "criteo_sample.txt"], tmp_path / "c", format="csv", numeric=[ints], categorical=[cats])
+    assert sum(s["rows"] for s in meta["splits"].values()) == 200 and len(meta["fields"]) == 39
+    meta = run([folder / "avazu_sample.txt"], tmp_path / "a", format="avazu")
+    assert sum(s["rows"] for s in meta["splits"].values()) == 100
+
+
+@needs_shared
+def test_real_movielens_100k(tmp_path):
+    folder = SHARED / "movielens-100k"
+    if not (folder / "u.data").is_file():
+        pytest.skip("movielens-100k not present")
+    meta = run([folder], tmp_path / "out", format="movielens")
+    rows = sum(s["rows"] for s in meta["splits"].values())
+    positives = sum(s["positives"] for s in meta["splits"].values())
+    assert rows == 100_000 and positives == 34_174 + 21_201  # ratings 4 and 5
+    sizes = {f["name"]: f["vocab_size"] for f in meta["fields"]}
+    assert sizes["gender"] == 4 and sizes["hour"] == 26 and sizes["age"] == 9
