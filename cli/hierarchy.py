@@ -1,0 +1,342 @@
+"""``dcollapse hierarchy`` (train / sensitivity / curve / check on (S)RHM data) and ``dcollapse synth srhm``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from dcollapse import checkpoint
+from dcollapse.cli.common import err, handles_errors, out, print_json
+from dcollapse.errors import CheckFailed, UserError
+from dcollapse.hierarchy.curve import CurvePoint, learning_curve
+from dcollapse.hierarchy.generator import (
+    describe,
+    load_data,
+    parse,
+    predicted_sample_complexity,
+    sample,
+    sample_grammar,
+    save_data,
+)
+from dcollapse.hierarchy.sensitivity import KINDS, Sensitivity, measure, plot_heatmap
+from dcollapse.hierarchy.train import TrainConfig, build_model, load_model, train
+
+hierarchy_app = typer.Typer(
+    help="Sparse Random Hierarchy Model: train CNN/LCN learners and measure per-layer synonym/position sensitivity.",
+    no_args_is_help=True,
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(hierarchy_app, name="hierarchy")
+
+
+def register_srhm(synth_app: typer.Typer) -> None:
+    """Add ``srhm`` to the ``dcollapse synth`` group."""
+    synth_app.command("srhm")(handles_errors(srhm_command))
+
+
+# ------------------------------------------------------------------------------------------------ synth srhm
+
+
+def srhm_command(
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Dataset directory to write (hierarchy.json + samples.npz)."),
+    levels: int = typer.Option(2, "--levels", "-L", help="L: levels of the hierarchy."),
+    patch: int = typer.Option(2, "--patch", help="s: informative children per rule."),
+    sparsity: int = typer.Option(1, "--sparsity", help="s0: uninformative slots per informative symbol (0 = RHM)."),
+    vocab: int = typer.Option(6, "--vocab", help="v: informative symbols per level."),
+    synonyms: int = typer.Option(6, "--synonyms", help="m: synonymous rules per symbol."),
+    classes: int = typer.Option(6, "--classes", help="n_c: number of classes."),
+    samples: int = typer.Option(12000, "--samples", help="P: distinct samples to draw (train + test)."),
+    sparsity_type: str = typer.Option("A", "--type", help="A: one slot per child; B: anywhere, order kept."),
+    encoding: str = typer.Option("all0", "--encoding", help="onehot (empty symbol has a channel) | all0."),
+    whitening: bool = typer.Option(True, "--whitening/--no-whitening", help="Centre the one-hot channels."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the grammar (the production rules)."),
+    sample_seed: int = typer.Option(1, "--sample-seed", help="Seed of the sample draws."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
+) -> None:
+    """(Sparse) Random Hierarchy Model data with its ground-truth grammar saved beside the samples.
+
+    Example: dcollapse synth srhm -L 2 --patch 2 --sparsity 1 --vocab 6 --synonyms 6 --classes 6 --out data/srhm
+    """
+    if encoding not in ("onehot", "all0"):
+        raise UserError(f"--encoding {encoding!r}: expected onehot or all0")
+    if samples < 1:
+        raise UserError(f"--samples {samples}: expected a positive integer")
+    grammar = sample_grammar(levels, patch, sparsity, vocab, synonyms, classes, sparsity_type.upper(), seed)
+    symbols, labels = sample(grammar, samples, seed=sample_seed)
+    meta = save_data(
+        out_dir, grammar, symbols, labels, encoding=encoding, whitening=whitening, sample_seed=sample_seed,
+        overwrite=overwrite,
+    )  # fmt: skip
+    summary = {"out": str(out_dir), "samples": meta["samples"], "input_hash": meta["input_hash"], **describe(grammar)}
+    summary["predicted_p_star"] = {a: predicted_sample_complexity(grammar, a) for a in ("cnn", "lcn")}
+    if as_json:
+        print_json(summary)
+        return
+    table = Table(title=f"SRHM data -> {out_dir}")
+    for column in ("samples", "input length", "informative", "distinct possible", "P* CNN (pred.)", "P* LCN (pred.)"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        f"{summary['samples']:,}", str(summary["length"]), str(summary["informative"]),
+        f"{summary['max_distinct']:.3g}", f"{summary['predicted_p_star']['cnn']:,}",
+        f"{summary['predicted_p_star']['lcn']:,}",
+    )  # fmt: skip
+    out.print(table)
+
+
+# ------------------------------------------------------------------------------------------------ check
+
+
+@hierarchy_app.command("check")
+@handles_errors
+def check_command(
+    data_dir: Path = typer.Argument(..., help="Dataset directory written by `dcollapse synth srhm`."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
+) -> None:
+    """Verify a dataset against its grammar: labels decode, s^L informative positions, distinct samples.
+
+    Exit 1 when any check fails.
+
+    Example: dcollapse hierarchy check data/srhm
+    """
+    _, grammar, symbols, labels = load_data(data_dir)
+    decoded = parse(grammar, symbols).labels
+    informative = (symbols != grammar.empty).sum(axis=1)
+    result = {
+        "samples": len(labels),
+        "decoded_match": float((decoded == labels).mean()),
+        "informative_ok": bool((informative == grammar.s**grammar.L).all()),
+        "distinct": bool(len(np.unique(symbols, axis=0)) == len(labels)),
+    }
+    if as_json:
+        print_json(result)
+    else:
+        table = Table(title=f"{data_dir}")
+        for column in ("samples", "labels decoded by the grammar", f"{grammar.s**grammar.L} informative", "distinct"):
+            table.add_column(column, justify="right")
+        table.add_row(
+            f"{result['samples']:,}", f"{result['decoded_match']:.2%}", str(result["informative_ok"]),
+            str(result["distinct"]),
+        )  # fmt: skip
+        out.print(table)
+    if result["decoded_match"] < 1 or not result["informative_ok"] or not result["distinct"]:
+        raise CheckFailed(f"{data_dir}: the samples do not match their grammar")
+
+
+# ------------------------------------------------------------------------------------------------ train
+
+
+@hierarchy_app.command("train")
+@handles_errors
+def train_command(
+    data_dir: Path = typer.Argument(..., help="Dataset directory written by `dcollapse synth srhm`."),
+    out_path: Path = typer.Option(..., "--out", "-o", help="Checkpoint to write."),
+    arch: str = typer.Option("cnn", "--arch", help="cnn (shared weights) | lcn (locally connected)."),
+    width: int = typer.Option(256, "--width", help="H: channels of every hidden layer."),
+    train_size: int = typer.Option(1000, "--train-size", help="P: training samples (the first P of the data)."),
+    test_size: int = typer.Option(2000, "--test-size", help="Test samples (the last ones of the data)."),
+    epochs: int = typer.Option(100, "--epochs", help="Maximum epochs."),
+    batch_size: int = typer.Option(4, "--batch-size", help="SGD batch size."),
+    lr: float = typer.Option(0.1, "--lr", help="Learning rate; SGD uses lr * width (mean-field readout)."),
+    momentum: float = typer.Option(0.0, "--momentum", help="SGD momentum."),
+    loss_threshold: float = typer.Option(1e-3, "--loss-threshold", help="Stop once the epoch's train loss is below."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 | float64."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the initialisation and the batch order."),
+    as_json: bool = typer.Option(False, "--json", help="Print the final metrics as one JSON document."),
+) -> None:
+    """Train a hierarchical CNN or LCN with SGD + cross-entropy until the train loss is below the threshold.
+
+    Ctrl-C stops after the current step and still writes the checkpoint (marked "interrupted").
+
+    Example: dcollapse hierarchy train data/srhm --arch cnn --width 256 --train-size 3000 --out runs/srhm-cnn.pt
+    """
+    config = TrainConfig(
+        arch=arch, width=width, train_size=train_size, test_size=test_size, epochs=epochs, batch_size=batch_size,
+        lr=lr, momentum=momentum, loss_threshold=loss_threshold, dtype=dtype, seed=seed,
+    )  # fmt: skip
+
+    def on_epoch(e: dict[str, Any]) -> None:
+        err.print(
+            f"epoch {e['epoch']}: train loss {e['train_loss']:.4f}  train error {e['train_error']:.3f}  "
+            f"test error {e['test_error']:.3f}  {e['seconds']:.1f}s",
+            highlight=False,
+        )
+
+    ckpt = train(config, data_dir, on_epoch=on_epoch)
+    checkpoint.save(out_path, ckpt)
+    if ckpt["stopped"] == "interrupted":
+        err.print(f"interrupted: {out_path} holds the model after {len(ckpt['history'])} epochs")
+        raise typer.Exit(130)
+    last = ckpt["history"][-1]
+    result = {"out": str(out_path), "epochs": last["epoch"], "stopped": ckpt["stopped"], **ckpt["test"]}
+    result["train_loss"] = last["train_loss"]
+    if as_json:
+        print_json(result)
+        return
+    table = Table(title=str(out_path))
+    for column in ("arch", "P", "epochs", "stopped", "train loss", "test error", "test loss"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        arch, f"{train_size:,}", str(last["epoch"]), ckpt["stopped"], f"{last['train_loss']:.2e}",
+        f"{ckpt['test']['error']:.4f}", f"{ckpt['test']['loss']:.4f}",
+    )  # fmt: skip
+    out.print(table)
+
+
+# ------------------------------------------------------------------------------------------------ sensitivity
+
+
+def _sensitivity_table(result: Sensitivity, title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("layer")
+    for kind in KINDS:
+        for level in result.levels:
+            table.add_column(f"{kind[:3]} l={level}", justify="right")
+    for k, layer in enumerate(result.layers):
+        cells = [f"{result.values[kind][k][j]:.3f}" for kind in KINDS for j in range(len(result.levels))]
+        table.add_row(layer, *cells)
+    return table
+
+
+@hierarchy_app.command("sensitivity")
+@handles_errors
+def sensitivity_command(
+    run: Path = typer.Argument(..., help="Checkpoint written by `dcollapse hierarchy train`."),
+    samples: int = typer.Option(500, "--samples", help="Fresh samples drawn from the run's grammar."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the samples and of the perturbations."),
+    init: bool = typer.Option(False, "--init", help="Measure the network at initialisation (same seed) instead."),
+    plot: Path | None = typer.Option(None, "--plot", help="Write a heat map PNG (layers x levels per kind)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
+) -> None:
+    """S_k(l) = E||f_k(x) - f_k(T_l x)||^2 / E||f_k(x) - f_k(z)||^2 per layer k and perturbation level l.
+
+    T_l re-draws the synonyms (syn), the informative positions (pos) or adds matched Gaussian noise (gau) at the
+    l lowest levels; small values mean the layer has become invariant to that change.
+
+    Example: dcollapse hierarchy sensitivity runs/srhm-cnn.pt --plot runs/srhm-cnn-sens.png
+    """
+    if samples < 2:
+        raise UserError(f"--samples {samples}: expected at least 2")
+    ckpt = checkpoint.load(run)
+    net, grammar = load_model(ckpt)
+    if init:
+        net = build_model(TrainConfig.from_dict(ckpt["config"]), grammar, ckpt["meta"]["encoding"]).eval()
+    meta = ckpt["meta"]
+    result = measure(net, grammar, meta["encoding"], meta["whitening"], samples, seed)
+    title = f"{run}{' at initialisation' if init else ''}: sensitivity S_k(l)"
+    if plot is not None:
+        plot_heatmap(result, plot, title)
+    if as_json:
+        print_json({"checkpoint": str(run), "init": init, **asdict(result)})
+        return
+    out.print(_sensitivity_table(result, title))
+
+
+# ------------------------------------------------------------------------------------------------ curve
+
+
+def _parse_sizes(text: str) -> list[int]:
+    try:
+        sizes = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise UserError(f"--train-sizes: expected comma-separated integers like 100,300,1000, got {text!r}") from None
+    if not sizes or sizes[0] < 1:
+        raise UserError("--train-sizes: expected positive integers")
+    return sizes
+
+
+def _plot_curve(points: list[CurvePoint], summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dcollapse.io import atomic_path
+
+    sizes = [p.train_size for p in points]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(sizes, [p.test_error for p in points], "o-", label="test error")
+    for kind in KINDS:
+        ax.plot(sizes, [p.last_hidden(kind) for p in points], "s--", label=f"S_L(1) {kind}")
+    ax.axvline(summary["predicted"], color="gray", ls=":", label="predicted P* (no prefactor)")
+    if summary["p_star"]:
+        ax.axvline(summary["p_star"], color="k", ls="-.", label="measured P* (50% error)")
+    ax.set_xscale("log")
+    ax.set_xlabel("training-set size P")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+@hierarchy_app.command("curve")
+@handles_errors
+def curve_command(
+    data_dir: Path = typer.Argument(..., help="Dataset directory written by `dcollapse synth srhm`."),
+    train_sizes: str = typer.Option("100,300,1000,3000,10000", "--train-sizes", help="Comma-separated P values."),
+    arch: str = typer.Option("cnn", "--arch", help="cnn | lcn."),
+    width: int = typer.Option(256, "--width", help="H: channels of every hidden layer."),
+    test_size: int = typer.Option(2000, "--test-size", help="Test samples (the last ones of the data)."),
+    epochs: int = typer.Option(100, "--epochs", help="Maximum epochs per run."),
+    batch_size: int = typer.Option(4, "--batch-size", help="SGD batch size."),
+    lr: float = typer.Option(0.1, "--lr", help="Learning rate; SGD uses lr * width."),
+    momentum: float = typer.Option(0.0, "--momentum", help="SGD momentum."),
+    loss_threshold: float = typer.Option(1e-3, "--loss-threshold", help="Stop once the epoch's train loss is below."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 | float64."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the initialisation and batch order (same for every P)."),
+    samples: int = typer.Option(500, "--samples", help="Samples for the sensitivity measurement."),
+    runs_dir: Path | None = typer.Option(None, "--runs-dir", help="Also keep each run's checkpoint here (P<size>.pt)."),
+    plot: Path | None = typer.Option(None, "--plot", help="Write test error and sensitivities vs P as a PNG."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
+) -> None:
+    """Test error and last-hidden-layer sensitivities against P, with the measured and predicted P*.
+
+    Predicted P* (no prefactor): (s0+1)^L n_c m^L for the LCN, (s0+1)^2 n_c m^L for the CNN.
+
+    Example: dcollapse hierarchy curve data/srhm --train-sizes 100,300,1000,3000,10000 --arch cnn --json
+    """
+    config = TrainConfig(
+        arch=arch, width=width, train_size=1, test_size=test_size, epochs=epochs, batch_size=batch_size, lr=lr,
+        momentum=momentum, loss_threshold=loss_threshold, dtype=dtype, seed=seed,
+    )  # fmt: skip
+    sizes = _parse_sizes(train_sizes)
+
+    def on_point(p: CurvePoint) -> None:
+        err.print(
+            f"P={p.train_size}: {p.epochs} epochs ({p.stopped}), test error {p.test_error:.3f}, "
+            f"S_L(1) syn {p.last_hidden('synonyms'):.3f} pos {p.last_hidden('positions'):.3f}",
+            highlight=False,
+        )
+
+    def on_checkpoint(size: int, ckpt: dict[str, Any]) -> None:
+        if runs_dir is not None:
+            checkpoint.save(runs_dir / f"P{size}.pt", ckpt)
+
+    points, summary = learning_curve(data_dir, config, sizes, samples, on_point, on_checkpoint)
+    if plot is not None:
+        _plot_curve(points, summary, plot)
+    if as_json:
+        print_json({**summary, "points": [asdict(p) for p in points]})
+        return
+    table = Table(title=f"{data_dir}: {arch} learning curve")
+    for column in ("P", "epochs", "stopped", "test error", *(f"S_L(1) {k[:3]}" for k in KINDS)):
+        table.add_column(column, justify="right")
+    for p in points:
+        table.add_row(
+            f"{p.train_size:,}", str(p.epochs), p.stopped, f"{p.test_error:.3f}",
+            *(f"{p.last_hidden(k):.3f}" for k in KINDS),
+        )  # fmt: skip
+    out.print(table)
+    star = summary["p_star"]
+    out.print(
+        f"P* (50% test error): {'not bracketed by these sizes' if star is None else f'{star:,.0f}'}   "
+        f"predicted without prefactor: {summary['predicted']:,}"
+    )

@@ -1,0 +1,1 @@
+"""Sparse Random Hierarchy Model: synthetic hierarchical data, CNN/LCN learners, per-layer sensitivities."""
