@@ -115,10 +115,11 @@ def train_command(
 
         def on_epoch(e: dict[str, Any]) -> None:
             bar.console.print(
-                f"epoch {e['epoch']}: train loss {e['train_loss']:.4f}  valid AUC {e['valid_auc']:.4f}  "
-                f"logloss {e['valid_logloss']:.4f}  RankMe {e['rankme']:.1f}  mean IA {e['mean_ia']:.2f}  "
-                f"{e['samples_per_s']:,.0f} samples/s  {e['seconds']:.1f}s",
+                f"epoch {e['epoch']}  loss {e['train_loss']:.4f}  valid AUC {e['valid_auc']:.4f}  "
+                f"logloss {e['valid_logloss']:.4f}  RankMe {e['rankme']:.1f}  IA {e['mean_ia']:.2f}  "
+                f"{e['samples_per_s']:,.0f}/s  {e['seconds']:.1f}s",
                 highlight=False,
+                soft_wrap=True,
             )
 
         try:
