@@ -259,3 +259,167 @@ def test_masked_outputs_chunks_cover_every_subset_once():
 
     out = H.masked_outputs(value, 5, masks_per_call=7)
     assert out.tolist() == list(range(32)) and sum(calls) == 32 and max(calls) == 7
+
+
+# CTR models: players = fields (tiny synthetic dataset and `dcollapse.train` checkpoints)
+
+import json  # noqa: E402
+
+from typer.testing import CliRunner  # noqa: E402
+
+from dcollapse import checkpoint  # noqa: E402
+from dcollapse.cli.app import app  # noqa: E402
+from dcollapse.data.dataset import load_split  # noqa: E402
+from dcollapse.data.synth import write_ctr_dataset  # noqa: E402
+from dcollapse.models import build_model, load_model  # noqa: E402
+from dcollapse.train import train  # noqa: E402
+
+VOCAB = [6, 9, 5, 12]
+FIELDS = ["f1", "f2", "f3", "f4"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A DeepFM trained 3 epochs on a tiny synthetic dataset, with its per-epoch checkpoints."""
+    root = tmp_path_factory.mktemp("interactions")
+    write_ctr_dataset(root / "data", 900, len(VOCAB), 0, vocab_sizes=VOCAB)
+    config = {"model": "fm", "arch": "parallel", "emb_dim": 4, "dnn": [8], "epochs": 3, "batch_size": 128,
+              "lr": 2e-2, "patience": 0, "device": "cpu", "snapshot_rows": 64}  # fmt: skip
+    train(root / "data", config, root / "run.pt", save_every_epoch=True)
+    return root
+
+
+def _textbook_model(data):
+    meta = json.loads((data / "meta.json").read_text())
+    torch.manual_seed(0)
+    model = build_model({"model": "fm", "arch": "parallel", "style": "textbook", "emb_dim": 4, "dnn": [8]}, meta)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.5)  # weights large enough that every term matters
+    return model.eval()
+
+
+def test_field_values_match_plain_forward_passes(run):
+    """v(x_N) = (2y-1) model(ids); with the OOV baseline v(x_empty) = (2y-1) model(all ids 0), first order included."""
+    model = _textbook_model(run / "data")
+    rows = load_split(run / "data", "valid")
+    ids, labels = rows.ids[:7].long(), rows.labels[:7]
+    sign = 2.0 * labels.double() - 1.0
+    inputs = H.field_inputs(model, ids)
+    value = H.field_value_fn(model, inputs, labels, range(4), H.field_baselines(model, "oov"))
+    v = H.masked_outputs(value, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(v[-1], sign * model(ids).double(), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(v[0], sign * model(torch.zeros_like(ids)).double(), rtol=1e-5, atol=1e-5)
+        # players {f2, f4}: masking f2 only = replacing its id by 0
+        partial = H.field_value_fn(model, inputs, labels, [1, 3], H.field_baselines(model, "oov"))
+        masked = ids.clone()
+        masked[:, 1] = 0
+        out = partial(torch.tensor([[False, True]]))[0]
+        torch.testing.assert_close(out, sign * model(masked).double(), rtol=1e-5, atol=1e-5)
+
+
+def test_mean_baseline_and_agop_shares(run):
+    model = _textbook_model(run / "data")
+    ids = load_split(run / "data", "train").ids[:50].long()
+    mean = H.field_baselines(model, "mean", ids)
+    with torch.no_grad():
+        table = model.embedding.table
+        expected = torch.stack([table[model.embedding.offsets[f] + ids[:, f]].mean(0) for f in range(4)])
+    torch.testing.assert_close(mean.embeddings, expected)
+    # AGOP trace shares against per-sample autograd gradients of the logit wrt each field's embedding
+    shares = H.agop_field_shares(model, ids[:10])
+    energy = torch.zeros(4, dtype=torch.float64)
+    for row in ids[:10]:
+        emb = model.embed(row[None]).detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(model.forward_from_embeddings(emb).sum(), emb)
+        energy += (grad[0].double() ** 2).sum(dim=1)
+    torch.testing.assert_close(shares, energy / energy.sum(), rtol=1e-5, atol=1e-8)
+
+
+def _cli(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_cli_single_checkpoint_json(run):
+    result = _cli("interactions", run / "run.pt", "--samples", 6, "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["players"] == FIELDS and doc["samples"] == 6 and doc["selection"] == {"by": "all"}
+    r = doc["results"][0]
+    assert sum(p - q for p, q in zip(r["order"]["positive"], r["order"]["negative"], strict=True)) == pytest.approx(1)
+    assert len(r["top"]) == 10 and all(t["kind"] == "and" for t in r["top"])  # AND-only without --sparse
+    # v(x_N) averaged over the samples equals the model's own sign-adjusted logits on the same rows
+    rows = load_split(run / "data", "train")
+    index = torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))[:6].sort().values
+    model = load_model(checkpoint.load(run / "run.pt"))
+    with torch.no_grad():
+        expected = ((2 * rows.labels[index] - 1) * model(rows.ids[index].long())).double().mean()
+    assert r["v_full"] == pytest.approx(float(expected), abs=1e-5)
+
+
+def test_cli_fields_top_and_sparse(run, tmp_path):
+    result = _cli("interactions", run / "run.pt", "--fields", "f4,f2", "--baseline", "zero", "--samples", 4,
+                  "--sparse", "--niter", 50, "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["players"] == ["f4", "f2"] and doc["options"]["sparse"]
+    for rank_by in ("agop", "masking"):
+        result = _cli("interactions", run / "run.pt", "--top", 2, "--rank-by", rank_by, "--samples", 4, "--json")
+        assert result.exit_code == 0, result.output
+        doc = json.loads(result.stdout)
+        scores = doc["selection"]["scores"]
+        assert doc["selection"]["by"] == rank_by and len(doc["players"]) == 2
+        assert sorted(doc["players"]) == sorted(sorted(scores, key=scores.get)[-2:])
+    plot = tmp_path / "orders.png"
+    result = _cli("interactions", run / "run.pt", "--samples", 4, "--plot", plot)
+    assert result.exit_code == 0, result.output
+    assert "strongest interactions" in result.stdout and plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_dynamics_over_epoch_checkpoints(run, tmp_path):
+    plot = tmp_path / "dynamics.png"
+    epochs = [run / f"run.epoch{e}.pt" for e in (3, 1, 2)]  # any order: sorted by epoch
+    result = _cli("interactions", *epochs, "--samples", 4, "--json", "--plot", plot)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert [r["epoch"] for r in doc["results"]] == [1, 2, 3]
+    history = checkpoint.load(run / "run.pt")["history"]
+    gaps = [h["valid_logloss"] - h["train_loss"] for h in history]
+    assert doc["loss_gap"]["gap"] == pytest.approx(gaps)
+    assert doc["loss_gap"]["onset_epoch"] == 1 + int(np.argmin(gaps))
+    mass = [r["order"] for r in doc["results"]]
+    m0 = doc["phase"]["from_order"]
+    expected = [sum(p - q for p, q in zip(o["positive"][m0 - 1 :], o["negative"][m0 - 1 :], strict=True)) for o in mass]
+    assert doc["phase"]["high_order_mass"] == pytest.approx(expected)
+    assert doc["phase"]["boundary_epoch"] == 1 + int(np.argmin(expected))
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+    table = _cli("interactions", *epochs, "--samples", 4)
+    assert table.exit_code == 0 and "phase boundary" in table.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--fields", "f1,nope"],
+        ["--fields", "f1", "--top", "2"],
+        ["--top", "9"],
+        ["--baseline", "median"],
+        ["--rank-by", "magic", "--top", "2"],
+        ["--split", "holdout"],
+        ["--plot", "orders.svg"],
+    ],
+)
+def test_cli_bad_input_exits_2(run, tmp_path, args):
+    args = [a.replace("orders", str(tmp_path / "orders")) for a in args]
+    result = _cli("interactions", run / "run.pt", "--samples", 2, *args)
+    assert result.exit_code == 2, result.output
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_refuses_duplicate_epochs_and_foreign_files(run, tmp_path):
+    result = _cli("interactions", run / "run.epoch1.pt", run / "run.epoch1.pt")
+    assert result.exit_code == 2 and "same epoch" in result.output
+    junk = tmp_path / "junk.pt"
+    junk.write_text("not a checkpoint")
+    assert _cli("interactions", junk).exit_code == 2

@@ -20,9 +20,10 @@ O(n 2^n) per sample, never with a dense 2^n x 2^n matrix.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -207,6 +208,17 @@ def harsanyi(values: torch.Tensor) -> AndOr:
     return and_or(values, gamma=0.5 * values)
 
 
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run torch on one intra-op thread: the extraction's many small ops only lose from thread hand-offs."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def sparse_and_or(
     values: torch.Tensor, lr: float = 1e-6, niter: int = 5000, tau: float = 0.04, momentum: float = 0.9
 ) -> AndOr:
@@ -234,21 +246,22 @@ def sparse_and_or(
     buf_q = torch.zeros_like(values)
     rates = torch.logspace(math.log10(lr), math.log10(lr) - 1, niter, dtype=torch.float64).tolist()
     samples = values.shape[1]
-    for rate in rates:
-        half = 0.5 * (values + q)
-        # one transform for both parts: I_and = y[:, :S]; I_or(T) = -y[T, S:] for T non-empty
-        y = moebius(torch.cat([half + gamma, (half - gamma).flip(0)], dim=1))
-        signs = torch.sign(y)  # d|I_or|/d(-y) * -1 = sign(y): the OR minus sign cancels
-        signs[0, samples:] = 0.0  # I_or(empty) = v_or(x_empty) does not come from the transform
-        grad = moebius_transpose(signs)
-        grad_and = grad[:, :samples]
-        grad_or = grad[:, samples:].flip(0)
-        grad_or[0] += torch.sign(half[0] - gamma[0])
-        buf_gamma.mul_(momentum).add_(grad_and - grad_or)
-        buf_q.mul_(momentum).add_(0.5 * (grad_and + grad_or))
-        gamma.sub_(rate * buf_gamma)
-        q.sub_(rate * buf_q)
-        q = torch.maximum(torch.minimum(q, bound), -bound)
+    with _one_thread():
+        for rate in rates:
+            half = 0.5 * (values + q)
+            # one transform for both parts: I_and = y[:, :S]; I_or(T) = -y[T, S:] for T non-empty
+            y = moebius(torch.cat([half + gamma, (half - gamma).flip(0)], dim=1))
+            signs = torch.sign(y)  # d|I_or|/d(-y) * -1 = sign(y): the OR minus sign cancels
+            signs[0, samples:] = 0.0  # I_or(empty) = v_or(x_empty) does not come from the transform
+            grad = moebius_transpose(signs)
+            grad_and = grad[:, :samples]
+            grad_or = grad[:, samples:].flip(0)
+            grad_or[0] += torch.sign(half[0] - gamma[0])
+            buf_gamma.mul_(momentum).add_(grad_and - grad_or)
+            buf_q.mul_(momentum).add_(0.5 * (grad_and + grad_or))
+            gamma.sub_(rate * buf_gamma)
+            q.sub_(rate * buf_q)
+            q = torch.maximum(torch.minimum(q, bound), -bound)
     return and_or(original, gamma * scale, q * scale)
 
 
