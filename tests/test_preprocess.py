@@ -299,7 +299,7 @@ def test_cli_summary_and_help(tmp_path):
 NEAR_VALID = st.lists(
     st.one_of(
         st.just(criteo_row("1", ["3", "-1"], ["ab"])),
-        st.text(alphabet="01\t-x.9e \r,\"", max_size=60),
+        st.text(alphabet='01\t-x.9e \r,"', max_size=60),
         st.builds(lambda n: "\t".join(["0"] * n), st.integers(0, 45)),
     ),
     min_size=0,
