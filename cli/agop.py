@@ -28,6 +28,8 @@ K2_NOTE = (
     "only NC1 = tr(Sigma_W) / tr(Sigma_B) is informative."
 )
 RFM_LABELS = {"x": "X", "sqrt_m_x": "M^1/2 X", "phi": "ReLU(W M^1/2 X)"}
+RFM_COLUMNS = {"x": "X", "sqrt_m_x": "MX", "phi": "Phi"}
+RFM_LEGEND = "X: layer input (unit rows); MX = M^1/2 X: AGOP projection; Phi = ReLU(W M^1/2 X): random features"
 
 
 def line_plot(
@@ -247,18 +249,20 @@ def rfm_command(
     if as_json:
         print_json(doc)
     else:
-        title = (
-            f"Deep RFM on {dataset}: n = {result.samples}, K = {result.classes}, d = {result.input_dim}, "
-            f"width {width}, L = {bandwidth:g}, ridge {ridge:g}{', M = I (no AGOP)' if no_agop else ''}"
+        out.print(
+            f"Deep RFM{' without AGOP (M = I)' if no_agop else ''} on {dataset}: n = {result.samples}, "
+            f"K = {result.classes}, d = {result.input_dim}, width {width}, L = {bandwidth:g}, ridge {ridge:g}",
+            highlight=False,
         )
-        columns = ["layer"] + [f"NC1 {RFM_LABELS[r]}" for r in REPRESENTATIONS]
-        table = report_table(title, columns + [f"NC2 {RFM_LABELS[r]}" for r in REPRESENTATIONS], left=0)
+        columns = [f"{nc} {RFM_COLUMNS[r]}" for nc in ("NC1", "NC2") for r in REPRESENTATIONS]
+        table = report_table("NC per layer", ["layer", *columns], left=0)
         for layer in result.layers:
             stats = [getattr(layer, r) for r in REPRESENTATIONS]
             table.add_row(str(layer.layer), *(f"{s.nc1:.4g}" for s in stats), *(f"{s.nc2:.3g}" for s in stats))
-        first, last = result.layers[0].phi.nc1, result.layers[-1].phi.nc1
-        table.caption = f"NC1 of ReLU(W M^1/2 X): layer 1 {first:.4g} -> layer {depth} {last:.4g} ({first / last:.1f}x)"
         out.print(table)
+        first, last = result.layers[0].phi.nc1, result.layers[-1].phi.nc1
+        out.print(f"NC1 of Phi: layer 1 {first:.4g} -> layer {depth} {last:.4g} ({first / last:.1f}x lower)")
+        out.print(RFM_LEGEND, style="dim", highlight=False)
     if plot is not None:
         err.print(f"wrote {plot}", highlight=False)
 

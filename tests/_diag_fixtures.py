@@ -1,13 +1,19 @@
-"""Small MLPs trained on scikit-learn's bundled digits, shared by the AGOP/NFA and richness tests."""
+"""Shared by the AGOP/NFA/NC and richness tests: small MLPs on scikit-learn's bundled digits, tiny CTR checkpoints."""
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
+from _ctr_fixtures import write_dataset
 from sklearn.datasets import load_digits
 from torch import nn
+
+from dcollapse.train import train
+
+VOCAB = [6, 5, 4, 7]
 
 
 def digits(n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,3 +75,15 @@ def train_mse(
             on_epoch(epoch, net)
     with torch.no_grad():
         return float((model(x).argmax(1) == labels).float().mean())
+
+
+def ctr_checkpoint(root: Path, name: str, *, epochs: int = 2, save_every_epoch: bool = False, **config) -> Path:
+    """Train a tiny CTR model (emb 4, DNN 8-8) on a planted-interaction dataset under ``root/data`` (written once);
+    returns the checkpoint path ``root/name.pt``."""
+    data = root / "data"
+    if not (data / "meta.json").exists():
+        write_dataset(data, VOCAB, {"train": 1200, "valid": 400})
+    settings = {"emb_dim": 4, "dnn": [8, 8], "batch_size": 256, "lr": 0.01, "patience": 0, "epochs": epochs}
+    out = root / f"{name}.pt"
+    train(data, settings | config, out, save_every_epoch=save_every_epoch)
+    return out

@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
-from _diag_fixtures import digits, mlp, train_mse
+from _diag_fixtures import VOCAB, ctr_checkpoint, digits, mlp, train_mse
+from matplotlib.image import imread
 from torch import nn
+from typer.testing import CliRunner
 
-from dcollapse.diagnostics.agop import agop, entry_correlation, nfa_correlation, per_sample_gradients, psd_sqrt
+from dcollapse import checkpoint
+from dcollapse.cli.app import app
+from dcollapse.data.dataset import load_split
+from dcollapse.diagnostics.agop import (
+    agop,
+    ctr_agop,
+    entry_correlation,
+    nfa_correlation,
+    per_sample_gradients,
+    psd_sqrt,
+)
+from dcollapse.diagnostics.neural_collapse import nc_stats
+from dcollapse.models import load_model
+
+runner = CliRunner()
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -126,3 +144,89 @@ def test_nfa_correlation_of_first_layer_rises_while_training_on_digits():
     assert accuracy > 0.95
     assert history[-1] > history[0] + 0.05, history
     assert history[-1] > 0.9, history
+
+
+# ----------------------------------------------------------------------------------------------- CTR checkpoints
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("agop")
+    return {
+        "root": root,
+        "deepfm": ctr_checkpoint(root, "deepfm", model="fm", arch="parallel"),
+        "fm": ctr_checkpoint(root, "fm", model="fm", arch="none", epochs=1),
+    }
+
+
+def _model_and_rows(path, split="valid"):
+    ckpt = checkpoint.load(path)
+    rows = load_split(ckpt["data"]["path"], split)
+    return load_model(ckpt), rows
+
+
+def test_ctr_agop_matches_per_row_jacobians(runs):
+    model, rows = _model_and_rows(runs["deepfm"])
+    ids = rows.ids[:40]
+    result = ctr_agop(model, ids, [f"f{i}" for i in range(len(VOCAB))], chunk_size=16)
+    embeddings = model.embed(ids).detach().double()
+    model.double()
+    grads = [
+        torch.autograd.functional.jacobian(lambda e: model.forward_from_embeddings(e[None])[0], row).flatten()
+        for row in embeddings
+    ]
+    reference = sum(torch.outer(g, g) for g in grads) / len(grads)
+    d = embeddings.shape[2]
+    shares = [float(reference[f * d : (f + 1) * d, f * d : (f + 1) * d].trace() / reference.trace()) for f in range(4)]
+    np.testing.assert_allclose([f.trace_share for f in result.fields], shares, rtol=1e-4)
+    eig = np.sqrt(np.clip(np.linalg.eigvalsh(reference.numpy())[::-1], 0, None))
+    np.testing.assert_allclose(result.spectrum.normalized[:2], (eig / eig[0])[:2], rtol=1e-4)
+    assert len(result.layers) == 2 and result.layers[0].in_features == len(VOCAB) * d
+    assert all(-1 <= layer.corr_sqrt_agop <= 1 for layer in result.layers)
+
+
+def test_agop_command_json_table_and_plot(runs):
+    result = runner.invoke(app, ["agop", str(runs["deepfm"]), "--json", "--samples", "300"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["samples"] == 300 and doc["dim"] == 16
+    assert sum(f["trace_share"] for f in doc["fields"]) == pytest.approx(1.0)
+    assert all(0 <= f["energy_in_table_span"] <= 1 + 1e-9 for f in doc["fields"])
+    assert [layer["layer"] for layer in doc["layers"]] == [1, 2]
+    png = runs["root"] / "agop.png"
+    table = runner.invoke(app, ["agop", str(runs["fm"]), "--plot", str(png)])
+    assert table.exit_code == 0, table.output
+    assert "Per field" in table.stdout and "Neural Feature Ansatz" not in table.stdout  # no DNN in plain FM
+    assert imread(png).shape[0] > 100
+
+
+def test_nc_command_matches_features_computed_directly(runs):
+    result = runner.invoke(app, ["nc", str(runs["deepfm"]), "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert [r["layer"] for r in doc["layers"]] == ["dnn layer 1", "dnn layer 2", "head input"]
+    assert "K = 2" in doc["note"]
+    model, rows = _model_and_rows(runs["deepfm"])
+    with torch.no_grad():
+        first = model.mlp.blocks[0](model.embed(rows.ids).flatten(1))
+    expected = nc_stats(first, rows.labels)
+    assert doc["samples"] == len(rows)
+    assert doc["layers"][0]["nc1"] == pytest.approx(expected.nc1, rel=1e-6)
+    assert all(abs(r["nc2"]) < 1e-20 for r in doc["layers"])  # K = 2
+    assert "NC2 = 0 by construction" in runner.invoke(app, ["nc", str(runs["deepfm"])]).stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["agop", "{root}/missing.pt"], "no such checkpoint"),
+        (["agop", "{deepfm}", "--data", "{root}/nowhere"], "not a dcollapse dataset"),
+        (["agop", "{deepfm}", "--plot", "{root}/out.txt"], "PNG"),
+        (["nc", "{deepfm}", "--split", "test"], "no split 'test'"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(runs, args, message):
+    result = runner.invoke(app, [a.format(**runs) for a in args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and result.output.strip().count("\n") == 0
+    assert not (runs["root"] / "out.txt").exists()

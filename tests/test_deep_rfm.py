@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import polars as pl
 import pytest
 import torch
+from matplotlib.image import imread
+from typer.testing import CliRunner
 
+from dcollapse.cli.app import app
 from dcollapse.diagnostics.agop import agop
 from dcollapse.diagnostics.deep_rfm import (
     deep_rfm,
@@ -121,3 +126,48 @@ def test_deep_rfm_without_agop_does_not_collapse(digits_500):
     phi_nc1 = [layer.phi.nc1 for layer in result.layers]
     assert max(phi_nc1) < 2 * phi_nc1[0] and min(phi_nc1) > phi_nc1[0] / 2, phi_nc1
     assert all(layer.sqrt_m_x.nc1 == layer.x.nc1 for layer in result.layers)
+
+
+def test_rfm_command_json_table_and_plot(tmp_path):
+    runner = CliRunner()
+    args = ["rfm", "--depth", "2", "--samples", "150", "--width", "64"]
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["dataset"] == "digits" and doc["samples"] == 150 and doc["use_agop"] is True
+    assert [layer["layer"] for layer in doc["layers"]] == [1, 2]
+    assert doc["layers"][0]["sqrt_m_x"]["nc1"] < doc["layers"][0]["x"]["nc1"]
+    png = tmp_path / "nc1.png"
+    table = runner.invoke(app, [*args, "--no-agop", "--plot", str(png)])
+    assert table.exit_code == 0, table.output
+    assert "Deep RFM without AGOP (M = I)" in table.stdout and "NC1 Phi" in table.stdout
+    assert imread(png).shape[0] > 100
+
+
+def test_rfm_command_reads_a_user_table(tmp_path):
+    x, labels = load_classification_table("digits")
+    frame = pl.DataFrame(x[:120].numpy(), schema=[f"p{i}" for i in range(64)]).with_columns(
+        pl.Series("digit", labels[:120].numpy())
+    )
+    frame.write_parquet(tmp_path / "digits.parquet")
+    result = CliRunner().invoke(
+        app, ["rfm", "--dataset", str(tmp_path / "digits.parquet"), "--label", "digit", "--depth", "1", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["samples"] == 120
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dataset", "{tmp}/missing.csv"], "no such file"),
+        (["--bandwidth", "0"], "--bandwidth must be > 0"),
+        (["--plot", "{tmp}/out.txt"], "PNG"),
+        (["--samples", "1"], "greater than or equal to 2"),
+    ],
+)
+def test_rfm_command_bad_input_exits_2(tmp_path, args, message):
+    result = CliRunner().invoke(app, ["rfm", *(a.format(tmp=tmp_path) for a in args)])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not (tmp_path / "out.txt").exists()

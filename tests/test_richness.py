@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
-from _diag_fixtures import digits, mlp, train_mse
+from _diag_fixtures import ctr_checkpoint, digits, mlp, train_mse
+from matplotlib.image import imread
+from typer.testing import CliRunner
 
-from dcollapse.diagnostics.richness import d_lr, feature_spectrum, nc1_bounded, richness
+from dcollapse import checkpoint
+from dcollapse.cli.app import app
+from dcollapse.data.dataset import load_split
+from dcollapse.diagnostics.richness import d_lr, feature_spectrum, nc1_bounded, richness, richness_snapshot
+from dcollapse.models import load_model
 
 
 def _normal(seed: int, *shape: int) -> torch.Tensor:
@@ -113,3 +121,75 @@ def test_lazy_training_leaves_d_lr_high_and_rich_training_lowers_it():
     lazy_d, rich_d = _last_layer_d_lr(lazy, x), _last_layer_d_lr(rich, x)
     assert lazy_d == pytest.approx(initial, abs=0.05)
     assert rich_d < lazy_d / 2, (rich_d, lazy_d)
+
+
+# ----------------------------------------------------------------------------------------------- CTR checkpoints
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("richness")
+    return root, ctr_checkpoint(root, "deepfm", model="fm", arch="parallel", epochs=3, save_every_epoch=True)
+
+
+def _phi_and_logit(model, ids):
+    with torch.no_grad():
+        phi = model.hidden(model.embed(ids)).double()
+    return phi, phi @ model.head.weight.double().T
+
+
+def test_richness_snapshot_matches_the_definition_and_keeps_the_training_flag(run):
+    ckpt = checkpoint.load(run[1])
+    model = load_model(ckpt).train()
+    rows = load_split(ckpt["data"]["path"], "valid")
+    embeddings = model.embed(rows.ids).detach()
+    snapshot = richness_snapshot(model, embeddings)
+    assert model.training
+    model.eval()
+    phi, logit = _phi_and_logit(model, rows.ids)
+    assert snapshot == pytest.approx({"d_lr": d_lr(phi, logit), "d_lr_centered": d_lr(phi, logit, centered=True)})
+    with_labels = richness_snapshot(model, embeddings, rows.labels)
+    assert with_labels["nc1_bounded"] == pytest.approx(nc1_bounded(phi, rows.labels))
+
+
+def test_richness_command_one_checkpoint(run):
+    root, path = run
+    png = root / "curves.png"
+    result = CliRunner().invoke(app, ["richness", str(path), "--json", "--plot", str(png)])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    ckpt = checkpoint.load(path)
+    model = load_model(ckpt)
+    rows = load_split(ckpt["data"]["path"], "train")  # all 1200 train rows (fewer than --samples)
+    phi, logit = _phi_and_logit(model, rows.ids)
+    assert doc["samples"] == len(rows) and doc["outputs_dim"] == 1
+    assert doc["d_lr"] == pytest.approx(d_lr(phi, logit), abs=1e-9)
+    assert doc["d_lr_centered"] == pytest.approx(d_lr(phi, logit, centered=True), abs=1e-9)
+    assert doc["spectrum"]["utilisation"][-1] == pytest.approx(1.0)
+    assert imread(png).shape[0] > 100
+    table = CliRunner().invoke(app, ["richness", str(path)])
+    assert table.exit_code == 0 and "D_LR centred" in table.stdout and "Q(k) clicks" in table.stdout
+
+
+def test_richness_command_over_epochs(run):
+    root, path = run
+    epochs = [root / f"deepfm.epoch{e}.pt" for e in (3, 1, 2)]
+    png = root / "epochs.png"
+    result = CliRunner().invoke(app, ["richness", *map(str, epochs), "--json", "--plot", str(png)])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    history = {h["epoch"]: h["valid_auc"] for h in checkpoint.load(path)["history"]}
+    assert [r["epoch"] for r in doc["runs"]] == [1, 2, 3]
+    assert [r["valid_auc"] for r in doc["runs"]] == pytest.approx([history[1], history[2], history[3]])
+    assert -1 <= doc["spearman_d_lr_centered_vs_nc1"] <= 1
+    assert imread(png).shape[0] > 100
+    table = CliRunner().invoke(app, ["richness", *map(str, epochs)])
+    assert table.exit_code == 0 and "Richness per checkpoint" in table.stdout
+
+
+def test_richness_command_bad_input_exits_2(run):
+    root, path = run
+    result = CliRunner().invoke(app, ["richness", str(path), "--plot", str(root / "x.jpg")])
+    assert result.exit_code == 2 and "PNG" in result.output
+    result = CliRunner().invoke(app, ["richness", str(root / "none.pt")])
+    assert result.exit_code == 2 and "no such checkpoint" in result.output

@@ -1,0 +1,156 @@
+"""``dcollapse richness``: lazy vs rich dynamics of a CTR model's last hidden layer (low-rank richness D_LR)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+import typer
+from scipy.stats import spearmanr
+
+from dcollapse import plots
+from dcollapse.cli.agop import line_plot, sample_rows
+from dcollapse.cli.common import err, handles_errors, out, print_json
+from dcollapse.cli.report import DataOpt, JsonOpt, fmt, model_line, model_summary, report_table
+from dcollapse.diagnostics.richness import last_layer, richness
+
+CURVE_POINTS = (1, 2, 3, 5, 10, 20, 50)
+NOTE = (
+    "D_LR = 1 - ||P_F Phi||^2 / ||Phi||^2: share of the last hidden layer's energy outside the span of the logit "
+    "(low-rank richness measure, reconstructed from the paper's stated properties); near 0 = rich/low-rank, near "
+    "1 - 1/rank = lazy. Centred: sample means removed first. NC1/(1+NC1): its label-based counterpart (clicks, K = 2)."
+)
+
+
+def measure(path: Path, data: Path | None, split: str, samples: int, seed: int) -> dict[str, Any]:
+    """The richness document of one checkpoint."""
+    run, ids, labels = sample_rows(path, data, split, samples, seed)
+    with torch.no_grad():
+        features, outputs = last_layer(run.model, run.model.embed(ids))
+    result = richness(features, outputs, labels)
+    ckpt = run.ckpt
+    epoch = ckpt.get("epoch", ckpt.get("best_epoch"))
+    auc = next((h.get("valid_auc") for h in ckpt.get("history") or [] if h.get("epoch") == epoch), None)
+    tracked = [
+        {
+            "epoch": h["epoch"],
+            "valid_auc": h.get("valid_auc"),
+            "d_lr": h["d_lr"],
+            "d_lr_centered": h.get("d_lr_centered"),
+        }
+        for h in ckpt.get("history") or []
+        if "d_lr" in h
+    ]
+    return {
+        "checkpoint": str(path),
+        "model": model_summary(ckpt["config"]),
+        "split": split,
+        "epoch": epoch,
+        "valid_auc": auc,
+        **dataclasses.asdict(result),
+        "history": tracked,
+    }
+
+
+def render_one(doc: dict[str, Any]) -> None:
+    out.print(f"[bold]{doc['checkpoint']}[/]: {model_line(doc['model'])}", highlight=False)
+    title = f"Last hidden layer Phi [{doc['samples']:,} {doc['split']} rows x {doc['features_dim']}] vs the logit"
+    table = report_table(title, ["measure", "value"])
+    table.add_row("D_LR", fmt(doc["d_lr"]))
+    table.add_row("D_LR centred", fmt(doc["d_lr_centered"]))
+    table.add_row("NC1 (clicks)", fmt(doc["nc1"], ".4g"))
+    table.add_row("NC1 / (1 + NC1)", fmt(doc["nc1_bounded"]))
+    out.print(table)
+    out.print(NOTE, style="dim", highlight=False)
+    spectrum = doc["spectrum"]
+    if spectrum is not None:
+        table = report_table("Eigen-features of Phi (centred)", ["k", "eigenvalue share", "Q(k) clicks", "U(k) logit"])
+        for k in (k for k in CURVE_POINTS if k <= len(spectrum["relative_eigenvalues"])):
+            table.add_row(
+                str(k), *(fmt(spectrum[key][k - 1]) for key in ("relative_eigenvalues", "quality", "utilisation"))
+            )
+        table.caption = "Q(k) / U(k): share of the click labels / of the logit inside the top-k eigen-features"
+        out.print(table)
+    if doc["history"]:
+        table = report_table("Tracked during training", ["epoch", "valid AUC", "D_LR", "D_LR centred"], left=0)
+        for h in doc["history"]:
+            table.add_row(str(h["epoch"]), fmt(h["valid_auc"]), fmt(h["d_lr"]), fmt(h["d_lr_centered"]))
+        out.print(table)
+
+
+def render_many(doc: dict[str, Any]) -> None:
+    table = report_table(
+        f"Richness per checkpoint ({doc['runs'][0]['split']} rows)",
+        ["checkpoint", "epoch", "valid AUC", "D_LR", "D_LR centred", "NC1/(1+NC1)"],
+    )
+    for r in doc["runs"]:
+        row = [fmt(r["valid_auc"]), fmt(r["d_lr"]), fmt(r["d_lr_centered"]), fmt(r["nc1_bounded"])]
+        table.add_row(Path(r["checkpoint"]).name, str(r["epoch"]), *row)
+    out.print(table)
+    rho = doc["spearman_d_lr_centered_vs_nc1"]
+    if rho is not None:
+        out.print(f"Spearman rank correlation of D_LR centred and NC1 across checkpoints: {rho:.3f}", highlight=False)
+    out.print(NOTE, style="dim", highlight=False)
+
+
+@handles_errors
+def richness_command(
+    checkpoints: list[Path] = typer.Argument(..., metavar="CHECKPOINT...", help="Checkpoints from `dcollapse train`."),
+    data: Path | None = DataOpt,
+    split: str = typer.Option("train", "--split", help="Split the probe rows are drawn from."),
+    samples: int = typer.Option(5000, "--samples", min=2, help="Probe rows (all if fewer)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the row sample."),
+    as_json: bool = JsonOpt,
+    plot: Path | None = typer.Option(
+        None, "--plot", help="PNG: Q(k)/U(k) curves (one checkpoint) or D_LR and valid AUC per epoch (several)."
+    ),
+) -> None:
+    """Lazy vs rich: how much of the last hidden layer the click head uses (D_LR), its NC counterpart, and the
+    eigen-feature quality/utilisation curves. Several checkpoints (e.g. RUN.epoch*.pt from
+    --save-every-epoch) give D_LR per epoch beside validation AUC.
+
+    Example: dcollapse richness runs/deepfm.epoch*.pt --plot deepfm-richness.png
+    """
+    if plot is not None:
+        plots.check_png_path(plot)
+    docs = [measure(path, data, split, samples, seed) for path in checkpoints]
+    if len(docs) == 1:
+        doc = docs[0]
+        if plot is not None and doc["spectrum"] is not None:
+            s = doc["spectrum"]
+            ks = list(range(1, len(s["quality"]) + 1))
+            series = {"Q(k): click labels": (ks, s["quality"]), "U(k): logit": (ks, s["utilisation"])}
+            series["cumulative eigenvalue share"] = (
+                ks,
+                torch.cumsum(torch.tensor(s["relative_eigenvalues"]), 0).tolist(),
+            )
+            title = f"{checkpoints[0].name}: eigen-features of the last hidden layer (D_LR {doc['d_lr']:.3f})"
+            line_plot(series, plot, title, "top-k eigen-features", "cumulative share", log=False)
+    else:
+        docs.sort(key=lambda d: (d["epoch"] is None, d["epoch"] or 0))
+        pairs = [(d["d_lr_centered"], d["nc1"]) for d in docs if d["nc1"] is not None]
+        rho = float(spearmanr(*zip(*pairs, strict=True)).statistic) if len(pairs) >= 3 else None
+        doc = {"runs": docs, "spearman_d_lr_centered_vs_nc1": rho}
+        if plot is not None:
+            rows = [d for d in docs if d["epoch"] is not None]
+            epochs = [d["epoch"] for d in rows]
+            series = {key: (epochs, [d[key] for d in rows]) for key in ("d_lr", "d_lr_centered")}
+            series["valid AUC"] = (
+                epochs,
+                [d["valid_auc"] if d["valid_auc"] is not None else float("nan") for d in rows],
+            )
+            line_plot(series, plot, "Richness and performance over training", "epoch", "value", log=False)
+    if as_json:
+        print_json(doc)
+    elif len(docs) == 1:
+        render_one(doc)
+    else:
+        render_many(doc)
+    if plot is not None:
+        err.print(f"wrote {plot}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("richness")(richness_command)
