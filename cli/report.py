@@ -190,10 +190,12 @@ def model_line(config: dict[str, Any]) -> str:
 
 
 def dnn_text(config: dict[str, Any]) -> str:
-    """'400-400-400 relu, batch norm, dropout 0.1' (or '—' without a DNN)."""
+    """'3x400 relu, batch norm, dropout 0.1' or '400-200 gelu' (or '—' without a DNN)."""
     if config.get("arch", "none") == "none":
         return "—"
-    parts = ["-".join(str(h) for h in config.get("dnn") or []) + f" {config.get('activation')}"]
+    widths = list(config.get("dnn") or [])
+    shape = f"{len(widths)}x{widths[0]}" if len(widths) > 1 and len(set(widths)) == 1 else "-".join(map(str, widths))
+    parts = [f"{shape} {config.get('activation')}"]
     if config.get("norm", "none") != "none":
         parts.append(f"{config['norm']} norm")
     if config.get("dropout"):
@@ -239,8 +241,8 @@ def render_spectrum(doc: dict[str, Any]) -> None:
     table.add_section()
     table.add_row("mean", "", ia_text(s["mean_ia"], dim), f"{s['mean_rankme']:.2f}", "", "")
     table.add_row(f"min ({s['min_ia_field']})", "", ia_text(s["min_ia"], dim), "", "", "")
-    table.caption = f"IA: information abundance, in [1, min(vocab, {dim})]; " + BAR_NOTE
     out.print(table)
+    out.print(f"[dim]IA: information abundance, in [1, min(vocab, {dim})]; {BAR_NOTE}[/]", soft_wrap=True)
 
     batch = doc["batch"]
     if batch is None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from dcollapse.errors import UserError
 from dcollapse.io import atomic_path
@@ -76,12 +77,13 @@ def spectrum_grid(
         sub = (subtitles or {}).get(name)
         ax.set_title(f"{name}\n{sub}" if sub else name, fontsize=8)
         ax.tick_params(labelsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     for ax in axes[:, 0]:
         ax.set_ylabel(SPECTRUM_YLABEL, fontsize=8)
-    for ax in axes[-1, :]:
-        ax.set_xlabel("index i", fontsize=8)
+    for col in range(cols):  # the lowest visible panel of each column
+        axes[(n - 1 - col) // cols, col].set_xlabel("index i", fontsize=8)
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 

@@ -213,3 +213,17 @@ def test_parallel_branch_gradients_sum_to_total_and_match_table_gradient(runs):
     rows = (ids.long() + model.embedding.offsets).flatten()
     scattered = torch.zeros_like(model.embedding.table).index_add_(0, rows, grads["total"].reshape(rows.numel(), -1))
     torch.testing.assert_close(scattered, model.embedding.table.grad, rtol=1e-8, atol=1e-14)
+
+
+def test_reports_read_checkpoints_of_dcollapse_train(runs, tmp_path):
+    out = tmp_path / "trained.pt"
+    args = ["--model", "crossnet", "--arch", "stacked", "--emb-dim", "4", "--dnn", "8", "--epochs", "1"]
+    trained = invoke("train", runs["data"], *args, "--batch-size", "512", "--cross-layers", "1", "--out", out)
+    assert trained.exit_code == 0, trained.output
+    doc = json.loads(invoke("spectrum", out, "--json").stdout)
+    assert doc["model"]["model"] == "crossnet" and doc["batch"]["dim"] == len(VOCAB) * 4
+    # the training history's snapshot uses the same fixed validation batch
+    assert doc["batch"]["z"]["rankme"] == pytest.approx(doc["history"][-1]["rankme"], rel=1e-6)
+    assert doc["field_summary"]["mean_ia"] == pytest.approx(doc["history"][-1]["mean_ia"], rel=1e-6)
+    grads = json.loads(invoke("gradients", out, "--json").stdout)
+    assert grads["gradients"]["dnn"]["norm"] == 0.0 and grads["gradients"]["interaction"]["norm"] > 0
