@@ -13,8 +13,9 @@ Vocabulary and shapes (one sample is a 1-D sequence of symbols):
   keep the children's order (C(S, s) arrangements).
 
 A sample is fully described by its class and, for every generation depth ``t = 0..L-1`` (0 = the rule applied
-to the class), one rule index in ``[0, m)`` and one arrangement index per node of that depth (``S**t`` nodes,
-values at empty nodes are ignored). Rules are unambiguous (each s-tuple encodes at most one symbol per depth),
+to the class), one rule index in ``[0, m)`` and one arrangement index per *informative* node of that depth
+(``s**t`` nodes, left to right; choices belong to nodes, not to positions, so moving a node keeps its rule).
+Rules are unambiguous (each s-tuple encodes at most one symbol per depth),
 so :func:`parse` recovers the class and all choices from the symbols alone; the perturbation operators parse,
 re-draw some choices and render again.
 
@@ -139,7 +140,7 @@ class Grammar:
 
 @dataclass
 class Choices:
-    """The latent choices of N samples: ``rule[t]``, ``arrangement[t]`` int64 [N, S**t] for depth t = 0..L-1."""
+    """Latent choices of N samples: ``rule[t]``, ``arrangement[t]`` int64 [N, s**t] (informative nodes of depth t)."""
 
     rule: list[np.ndarray]
     arrangement: list[np.ndarray]
@@ -189,7 +190,7 @@ def sample_grammar(L: int, s: int, s0: int, v: int, m: int, n_c: int, sparsity: 
 def draw_choices(grammar: Grammar, n: int, rng: np.random.Generator) -> Choices:
     """Independent uniform rule and arrangement choices for ``n`` samples at every depth."""
     n_arr = len(grammar.arrangements)
-    sizes = [grammar.patch**t for t in range(grammar.L)]
+    sizes = [grammar.s**t for t in range(grammar.L)]
     return Choices(
         rule=[rng.integers(0, grammar.m, size=(n, k)) for k in sizes],
         arrangement=[rng.integers(0, n_arr, size=(n, k)) for k in sizes],
@@ -200,17 +201,22 @@ def render(grammar: Grammar, labels: np.ndarray, choices: Choices) -> np.ndarray
     """Expand classes ``labels`` int [N] through the grammar with ``choices``: symbols int64 [N, d]."""
     S, empty = grammar.patch, grammar.empty
     arrangements = grammar.arrangements
-    seq = np.asarray(labels, dtype=np.int64)[:, None]
-    n = seq.shape[0]
+    labels = np.asarray(labels, dtype=np.int64)
+    n = len(labels)
+    seq = labels[:, None]
     for t, table in enumerate(grammar.rules):
-        if t > 0:  # the empty symbol expands into an all-empty patch
-            table = np.concatenate([table, np.full((1, grammar.m, grammar.s), empty, dtype=np.int64)])
-        children = table[seq, choices.rule[t]]  # [N, S**t, s]
-        offsets = arrangements[choices.arrangement[t]]  # [N, S**t, s]
-        patches = np.full((n, seq.shape[1], S), empty, dtype=np.int64)
-        np.put_along_axis(patches, offsets, children, axis=2)
-        seq = patches.reshape(n, -1)
+        where = _informative(seq, empty, grammar.s**t)  # [N, s**t] positions of the informative nodes
+        symbols = np.take_along_axis(seq, where, axis=1)
+        children = table[symbols, choices.rule[t]]  # [N, s**t, s]
+        offsets = arrangements[choices.arrangement[t]] + S * where[..., None]  # [N, s**t, s]
+        seq = np.full((n, seq.shape[1] * S), empty, dtype=np.int64)
+        np.put_along_axis(seq, offsets.reshape(n, -1), children.reshape(n, -1), axis=1)
     return seq
+
+
+def _informative(seq: np.ndarray, empty: int, count: int) -> np.ndarray:
+    """int64 [N, count]: the positions of the first ``count`` non-empty entries of each row, left to right."""
+    return np.argsort(seq == empty, axis=1, kind="stable")[:, :count]
 
 
 @dataclass
@@ -239,7 +245,7 @@ def parse(grammar: Grammar, symbols: np.ndarray) -> Parse:
         patches = seq.reshape(n, -1, S)
         filled = patches != empty
         count = filled.sum(axis=2)
-        offsets = np.sort(np.argsort(~filled, axis=2, kind="stable")[..., :s], axis=2)
+        offsets = np.argsort(~filled, axis=2, kind="stable")[..., :s]  # non-empty slots, left to right
         arrangement = arr_index[offsets @ (S ** np.arange(s - 1, -1, -1))]
         children = np.take_along_axis(patches, offsets, axis=2)
         key = np.where(children < v, children, 0) @ powers
@@ -249,8 +255,9 @@ def parse(grammar: Grammar, symbols: np.ndarray) -> Parse:
         ok = is_empty if t > 0 else np.zeros_like(is_empty)
         ok = ok | ((count == s) & (arrangement >= 0) & (parent >= 0) & (children < v).all(axis=2))
         valid &= ok.all(axis=1)
-        rules[t] = np.where(is_empty, 0, np.maximum(rule, 0))
-        arrs[t] = np.where(is_empty, 0, np.maximum(arrangement, 0))
+        where = _informative(is_empty, True, s**t)  # the informative nodes of depth t, left to right
+        rules[t] = np.take_along_axis(np.maximum(rule, 0), where, axis=1)
+        arrs[t] = np.take_along_axis(np.maximum(arrangement, 0), where, axis=1)
         seq = np.where(is_empty | ~ok, empty, parent)
     labels = np.where(valid, seq[:, 0], -1)
     return Parse(labels=labels, choices=Choices(rule=rules, arrangement=arrs))
