@@ -55,8 +55,8 @@ def sweep_command(dataset: str, grid: str) -> list[str]:
 
 # Two chains of sweeps, run side by side; within a chain, one after another.
 CHAINS = [
-    [("criteo", "paper"), ("criteo", "ablation")],
-    [("synth", "paper"), ("movielens", "paper"), ("synth", "ablation")],
+    [("criteo", "paper"), ("criteo", "ablation"), ("movielens", "paper")],
+    [("synth", "paper"), ("synth", "ablation")],
 ]
 
 

@@ -1,0 +1,258 @@
+"""docs/results.md from the finished sweeps of scripts/run_experiment.py (tables, plots, claim checks)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dcollapse import sweep
+from dcollapse.data.dataset import load_meta
+from dcollapse.metrics.spectrum import rankme, singular_values
+from dcollapse.models import build_model
+
+VARIANT = {"none": "base", "parallel": "+p-DNN", "stacked": "+s-DNN"}
+BACKBONE = {"fm": "FM", "crossnet": "CrossNet"}
+
+
+def load_sweep(directory: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """(summary.json, per-run results by run name) of a finished sweep."""
+    summary = json.loads((directory / "summary.json").read_text())
+    runs = {}
+    for path in sorted(directory.glob("*-s[0-9]*.json")):
+        result = json.loads(path.read_text())
+        runs[result["name"]] = result
+    return summary, runs
+
+
+def paired(runs: dict[str, dict[str, Any]], group: str, reference: str, key: str, relative: bool) -> list[float]:
+    """Per seed: run of ``group`` vs run of ``reference`` with the same seed (ratio - 1 or difference)."""
+    values = []
+    for result in runs.values():
+        if result["group"] != group:
+            continue
+        other = runs.get(sweep.run_name(reference, result["seed"]))
+        if other is None:
+            continue
+        values.append(result[key] / other[key] - 1.0 if relative else result[key] - other[key])
+    return values
+
+
+def fmt_pm(values: list[float], spec: str = "+.1f", scale: float = 100.0, unit: str = "%") -> str:
+    if not values:
+        return "—"
+    v = np.array(values) * scale
+    text = f"{v.mean():{spec}}{unit}"
+    return text + (f" ± {v.std(ddof=1):.1f}{unit}" if v.size > 1 else "")
+
+
+def verdict(values: list[float]) -> str:
+    """'up in all n seeds' / 'down in all n seeds' / 'mixed (k of n up)'."""
+    up, n = sum(v > 0 for v in values), len(values)
+    if n == 0:
+        return "not run"
+    return f"up in all {n} seeds" if up == n else f"down in all {n} seeds" if up == 0 else f"mixed ({up} of {n} up)"
+
+
+def init_rankme(data_dir: Path, config: dict[str, Any], seeds: int) -> list[float]:
+    """RankMe of Z on the fixed validation batch for the untrained model (the weights training starts from)."""
+    meta, ids = load_meta(data_dir), sweep.fixed_batch_ids(data_dir)
+    values = []
+    for seed in range(seeds):
+        torch.manual_seed(seed)
+        model = build_model({**config, "seed": seed}, meta)
+        with torch.no_grad():
+            values.append(rankme(singular_values(model.embed(ids).flatten(1))))
+    return values
+
+
+def spectrum_reach(spectrum: list[float], level: float = 1e-2) -> int:
+    """How many normalized cov(Z) eigenvalues are at least ``level``."""
+    return int(sum(v >= level for v in spectrum))
+
+
+def claims_section(name: str, runs: dict[str, dict[str, Any]], summary: dict[str, Any]) -> list[str]:
+    groups = {g["group"]: g for g in summary["groups"]}
+    lines = [f"**{name}**", ""]
+    lines += ["| backbone | DNN | RankMe change vs base | RankMe | AUC change vs base | cov(Z) eigenvalues ≥ 1e-2 |"]
+    lines += ["|---|---|---|---|---|---:|"]
+    for model in ("fm", "crossnet"):
+        base = f"{model}-none"
+        if base not in groups:
+            continue
+        lines.append(f"| {BACKBONE[model]} | base | — | — | — | {spectrum_reach(groups[base]['cov_spectrum'])} |")
+        for arch in ("parallel", "stacked"):
+            group = f"{model}-{arch}"
+            if group not in groups:
+                continue
+            change = paired(runs, group, base, "rankme", relative=True)
+            auc = paired(runs, group, base, "auc", relative=False)
+            lines.append(
+                f"| {BACKBONE[model]} | {VARIANT[arch]} | {fmt_pm(change)} | {verdict(change)} | "
+                f"{fmt_pm(auc, '+.4f', 1.0, '')} ({verdict(auc)}) | {spectrum_reach(groups[group]['cov_spectrum'])} |"
+            )
+    return [*lines, ""]
+
+
+def ablation_section(name: str, runs: dict[str, dict[str, Any]]) -> list[str]:
+    """RankMe and AUC of each DNN part switched alone, relative to the reference DNN (same backbone, arch, seed)."""
+    cells = [(m, a) for m in ("fm", "crossnet") for a in ("parallel", "stacked")]
+    header = " | ".join(f"{BACKBONE[m]} {VARIANT[a]}" for m, a in cells)
+    lines = [f"**{name}**: RankMe change (AUC change) of one DNN part switched, against the reference DNN", ""]
+    lines += [f"| switch | {header} |", "|---|" + "---:|" * len(cells)]
+    lines.append(
+        "| reference DNN vs no DNN | "
+        + " | ".join(
+            f"{fmt_pm(paired(runs, f'{m}-{a}', f'{m}-none', 'rankme', True))} "
+            f"({fmt_pm(paired(runs, f'{m}-{a}', f'{m}-none', 'auc', False), '+.4f', 1.0, '')})"
+            for m, a in cells
+        )
+        + " |"
+    )
+    for variant, change in sweep.ABLATIONS.items():
+        row = []
+        for m, a in cells:
+            group, ref = f"{m}-{a}-{variant}", f"{m}-{a}"
+            rk = fmt_pm(paired(runs, group, ref, "rankme", True))
+            auc = fmt_pm(paired(runs, group, ref, "auc", False), "+.4f", 1.0, "")
+            row.append(f"{rk} ({auc})")
+        lines.append(f"| {variant} ({', '.join(f'{k}={v}' for k, v in change.items())}) | " + " | ".join(row) + " |")
+    return [*lines, ""]
+
+
+def write_results(
+    root: Path,
+    work: Path,
+    docs: Path,
+    img: Path,
+    sweeps: list[tuple[str, str, str]],
+    timing: dict[str, Any],
+    machine: str,
+) -> Path:
+    """Write ``docs/results.md`` and copy the paper-grid spectrum overlays to ``docs/img``."""
+    (root / img).mkdir(parents=True, exist_ok=True)
+    loaded = {}
+    for dataset, grid, _ in sweeps:
+        directory = root / work / f"{dataset}-{grid}"
+        if (directory / "summary.json").is_file():
+            loaded[(dataset, grid)] = load_sweep(directory)
+    datasets = list(dict.fromkeys(dataset for dataset, _, _ in sweeps))
+    metas = {d: load_meta(root / work / "data" / d) for d in datasets}
+
+    s = sweep.SCALED_SETTINGS
+    lines = [
+        "# Do parallel and stacked DNNs mitigate dimensional collapse? Results on small samples",
+        "",
+        "Reproduction, in direction rather than absolute value, of Table 1 of *Understanding DNNs in Feature",
+        "Interaction Models: A Dimensional Collapse Perspective* (FM and CrossNet, each without a DNN, with a parallel",
+        "DNN and with a stacked DNN), and of its DNN-component ablation, on a Criteo sample, MovieLens-100K and a",
+        "synthetic dataset with planted low-rank interactions. Everything here is regenerated by",
+        "`scripts/run_experiment.py` (the commands are listed below).",
+        "",
+        f"Machine: {machine}. Wall time of all sweeps (two chains side by side on the shared cores): "
+        f"{timing['sweep_wall_s'] / 60:.0f} min.",
+        "",
+        "## Data",
+        "",
+        "| dataset | fields | train / valid / test rows | positive rate (train) |",
+        "|---|---:|---|---:|",
+    ]
+    for d, meta in metas.items():
+        sp = meta["splits"]
+        rows = " / ".join(f"{sp[k]['rows']:,}" for k in ("train", "valid", "test") if k in sp)
+        rate = sp["train"]["positives"] / max(sp["train"]["rows"], 1)
+        lines.append(f"| {d} | {len(meta['fields'])} | {rows} | {rate:.3f} |")
+    lines += [
+        "",
+        "- criteo: the 10,000-row Criteo Display Advertising sample (train file 8,000 rows, test file 2,000 rows;",
+        "  validation carved from train), numeric fields binned `int(ln(v)^2)`, categorical min count 2.",
+        "- movielens: MovieLens-100K ratings as clicks (rating >= 4), user/item/age/gender/occupation/zip/genre/",
+        "  release year/hour fields, random 80/10/10 split.",
+        "- synth: `dcollapse synth ctr` (12 fields, Zipf values, vocabularies 10-1000, planted rank-4 pairwise",
+        "  interactions and a first-order part), 30,000 rows split 80/10/10.",
+        "",
+        "## Settings (the paper's, scaled to the data)",
+        "",
+        f"Embedding size {s['emb_dim']} (the paper's Criteo setting); {s['cross_layers']} full-rank cross layers;",
+        f"DNN {'-'.join(map(str, s['dnn']))} ({s['activation']}, dropout {s['dropout']}, no norm) for both the",
+        "parallel and the stacked DNN: the paper's [400-500]x3 MLPs have ~0.5M weights against 7,200-80,000",
+        "training rows here, so the width is halved and the depth kept. Adam, lr 1e-3, L2 on the embeddings 5e-6 (FM)",
+        "/ 1e-5 (CrossNet),",
+        f"batch {s['batch_size']} (the paper's 4096 would leave a 7,200-row training split 2 steps per",
+        f"epoch), at most {s['epochs']} epochs with early stopping on validation AUC, patience {s['patience']}; the",
+        "best epoch's weights are evaluated. Paper-style heads (`--style paper`: FM logit = sum of the bi-interaction",
+        "vector, no first-order term; DeepFM/NFM/DCNv2 heads as in the paper's code). Seeds 0, 1, 2 for every entry.",
+        "RankMe is measured on Z = the flattened field embeddings [B, F*d] of the whole validation split (fewer",
+        f"than the paper's 50,000 rows), at most F*d = {s['emb_dim']} x fields. AUC and logloss are on the test split.",
+        "",
+        "## Commands",
+        "",
+        "```sh",
+        *timing["data_commands"],
+        *[command for _, _, command in sweeps],
+        "```",
+        "",
+    ]
+
+    lines += ["## Table 1 layout: the paper grid", ""]
+    for (dataset, grid), (_, runs) in loaded.items():
+        if grid != "paper":
+            continue
+        table = (root / work / f"{dataset}-paper" / "summary.md").read_text()
+        lines += [table.replace("### ", "### "), ""]
+        ref = {}
+        for model in ("fm", "crossnet"):
+            base = runs.get(sweep.run_name(f"{model}-none", 0))
+            if base is not None:
+                ref[model] = init_rankme(root / work / "data" / dataset, base["config"], 3)
+        if ref:
+            text = "; ".join(f"{BACKBONE[m]} {fmt_pm(v, '.1f', 1.0, '')}" for m, v in ref.items())
+            lines += [f"RankMe of the same batch at initialization (untrained, seeds 0-2): {text}.", ""]
+        images = []
+        for model in ("fm", "crossnet"):
+            source = root / work / f"{dataset}-paper" / f"spectra-{model}.png"
+            if source.is_file():
+                target = img / f"{dataset}-paper-spectra-{model}.png"
+                shutil.copy(source, root / target)
+                images.append(f"![{dataset} {model} spectra]({target.relative_to(docs)})")
+        lines += [" ".join(images), ""]
+
+    lines += ["## DNN-component ablation", ""]
+    for (dataset, grid), (_, runs) in loaded.items():
+        if grid != "ablation":
+            continue
+        lines += ablation_section(dataset, runs)
+        lines += [
+            "<details><summary>Full table</summary>",
+            "",
+            (root / work / f"{dataset}-ablation" / "summary.md").read_text(),
+            "</details>",
+            "",
+        ]
+
+    lines += [
+        "## Which of the paper's claims held here",
+        "",
+        "Claim: adding a parallel or a stacked DNN raises RankMe of Z (mitigates collapse), and the models without a",
+        "DNN show a sharper spectral decay. Per backbone and dataset: the RankMe change against the base run of the",
+        "same seed (mean ± sample std over seeds, and in how many seeds it went up), the AUC change, and how many",
+        "normalized eigenvalues of cov(Z) (mean spectrum over seeds) stay above 1e-2.",
+        "",
+    ]
+    for (dataset, grid), (summary, runs) in loaded.items():
+        if grid == "paper":
+            lines += claims_section(dataset, runs, summary)
+    failed = [f"{dataset}/{f['name']}: {f['error']}" for (dataset, _), (s_, _) in loaded.items() for f in s_["failed"]]
+    lines += ["Failed runs: " + ("; ".join(failed) if failed else "none."), ""]
+    path = root / docs / "results.md"
+    text = "\n".join(lines).rstrip() + "\n"
+    marker = "<!-- reading -->"
+    old = path.read_text() if path.is_file() else ""
+    if marker in old:  # a hand-written reading of the numbers below the marker is kept across regenerations
+        text += "\n" + old[old.index(marker) :]
+    path.write_text(text)
+    return path
