@@ -32,7 +32,9 @@ def _root(
 
 
 # One module per subcommand (group), each with ``register(app)``; the order here is the order in --help.
-COMMAND_MODULES: tuple[str, ...] = ("preprocess", "synth", "report", "train", "interactions", "agop", "richness", "sweep")
+COMMAND_MODULES: tuple[str, ...] = (
+    "preprocess", "synth", "report", "train", "interactions", "agop", "richness", "sweep", "hierarchy",
+)  # fmt: skip
 
 
 def _register_all() -> None:

@@ -8,12 +8,14 @@ import typer
 from rich.table import Table
 
 from dcollapse.cli.common import handles_errors, out, print_json
+from dcollapse.cli.hierarchy import register_srhm
 from dcollapse.data.synth import write_ctr_csv, write_ctr_dataset
 
 synth_app = typer.Typer(help="Synthetic data with a known, planted ground truth.", no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:
+    register_srhm(synth_app)
     app.add_typer(synth_app, name="synth")
 
 
