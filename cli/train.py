@@ -75,6 +75,9 @@ def train_command(
     seed: int | None = typer.Option(None, help="Random seed (same seed, same run on CPU). Default: 0."),
     device: str | None = typer.Option(None, help="cpu | cuda | auto. Default: auto."),
     snapshot_rows: int | None = typer.Option(None, help="Valid rows in the per-epoch RankMe batch. Default: 50000."),
+    chunk_rows: int | None = typer.Option(
+        None, help="Stream the train split from Parquet in chunks of this many rows (for splits larger than memory)."
+    ),
     config_file: Path | None = typer.Option(None, "--config", help="TOML file with any of these options."),
     resume: Path | None = typer.Option(None, help="Continue the run saved in this checkpoint."),
     save_every_epoch: bool = typer.Option(False, help="Also keep OUT.epochN.pt after every epoch."),

@@ -5,6 +5,9 @@ checkpoint, early stopping) -> test metrics of the best model. The per-batch ste
 epoch (:func:`train_epoch`) and the evaluation (:func:`evaluate`, :func:`collapse_snapshot`) are small functions
 so a distributed wrapper can reuse them.
 
+The train split is one in-memory id tensor [N, F] shuffled by index permutation, or, with ``chunk_rows`` > 0,
+streamed from Parquet in chunks (random chunk order, random order within a chunk) when it does not fit in memory.
+
 Checkpoints (``dcollapse.checkpoint`` format) hold the best-by-validation-AUC weights in ``state_dict`` and, under
 ``"resume"``, the last epoch's weights and optimizer state, so ``resume=`` continues a run exactly: every epoch
 draws its shuffle and dropout randomness from ``(seed, epoch)`` alone.
@@ -14,12 +17,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 import torch
 from sklearn.metrics import log_loss, roc_auc_score
 from torch.nn import functional
@@ -40,6 +44,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "device": "auto",
     "snapshot_rows": 50_000,  # rows of the fixed validation batch for RankMe
+    "chunk_rows": 0,  # > 0: stream the train split from Parquet in chunks of this many rows (larger than memory)
 }
 OPTIMIZERS = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
 SNAPSHOT_SEED = 0  # the collapse-snapshot batch is the same for every run on a dataset, whatever --seed
@@ -56,6 +61,8 @@ def full_config(config: dict[str, Any]) -> dict[str, Any]:
         raise UserError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {c['optimizer']!r}")
     if c["device"] not in ("auto", "cpu", "cuda"):
         raise UserError(f"device must be auto, cpu or cuda, not {c['device']!r}")
+    if int(c["chunk_rows"]) < 0:
+        raise UserError(f"chunk_rows must be >= 0 (0 = load the whole train split), not {c['chunk_rows']}")
     for key in ("epochs", "batch_size", "snapshot_rows"):
         if int(c[key]) < 1:
             raise UserError(f"{key} must be >= 1, not {c[key]}")
@@ -107,26 +114,47 @@ class Diverged(UserError):
 def train_epoch(
     model: CTRModel,
     optimizer: torch.optim.Optimizer,
-    train: Split,
+    chunks: Iterable[Split],
     batch_size: int,
     generator: torch.Generator,
     epoch: int,
+    steps: int,
     on_step: Callable[[int, int, int, float], None] | None = None,
 ) -> float:
-    """One pass over ``train`` in a random order; returns the mean training loss (weighted by batch size)."""
+    """One pass over the training rows, chunk by chunk (one chunk = the whole split when it is in memory), each
+    chunk in a random order; ``steps`` = the number of batches, for progress. Returns the mean training loss."""
     model.train()
-    order = torch.randperm(len(train), generator=generator).to(train.ids.device)
-    steps = math.ceil(len(train) / batch_size)
-    total = 0.0
-    for step in range(steps):
-        rows = order[step * batch_size : (step + 1) * batch_size]
-        loss = train_step(model, optimizer, train.ids[rows], train.labels[rows])
-        if not math.isfinite(loss):
-            raise Diverged(f"training loss became {loss} at epoch {epoch}, step {step + 1}; try a smaller lr")
-        total += loss * len(rows)
-        if on_step is not None:
-            on_step(epoch, step + 1, steps, loss)
-    return total / len(train)
+    total, rows_seen, step = 0.0, 0, 0
+    for chunk in chunks:
+        order = torch.randperm(len(chunk), generator=generator).to(chunk.ids.device)
+        for start in range(0, len(chunk), batch_size):
+            rows = order[start : start + batch_size]
+            loss = train_step(model, optimizer, chunk.ids[rows], chunk.labels[rows])
+            step += 1
+            if not math.isfinite(loss):
+                raise Diverged(f"training loss became {loss} at epoch {epoch}, step {step}; try a smaller lr")
+            total, rows_seen = total + loss * len(rows), rows_seen + len(rows)
+            if on_step is not None:
+                on_step(epoch, step, steps, loss)
+    return total / rows_seen
+
+
+def parquet_chunks(
+    data_dir: Path, meta: dict[str, Any], chunk_rows: int, generator: torch.Generator, device: torch.device
+) -> Iterator[Split]:
+    """The train split streamed from Parquet in chunks of ``chunk_rows`` rows, chunks in a random order; only one
+    chunk is in memory at a time."""
+    path = data_dir / meta["splits"]["train"]["file"]
+    names = [f["name"] for f in meta["fields"]]
+    vocab = torch.tensor([f["vocab_size"] for f in meta["fields"]], dtype=torch.int32)
+    starts = list(range(0, int(meta["splits"]["train"]["rows"]), chunk_rows))
+    for i in torch.randperm(len(starts), generator=generator).tolist():
+        frame = pl.scan_parquet(path).select([*names, meta["label"]]).slice(starts[i], chunk_rows).collect()
+        ids = torch.from_numpy(frame.select(names).to_numpy().astype(np.int32))
+        if ((ids < 0) | (ids >= vocab)).any():
+            raise UserError(f"{path}: ids outside the vocabulary sizes in meta.json (rows from {starts[i]})")
+        labels = torch.from_numpy(frame[meta["label"]].to_numpy().astype(np.float32))
+        yield Split(ids.to(device), labels.to(device))
 
 
 @torch.no_grad()
@@ -209,12 +237,20 @@ def train(
         raise UserError(f"{data_dir}: training needs a train and a valid split (have: {', '.join(meta['splits'])})")
     if resume is not None and resume.get("data", {}).get("hash") != meta.get("input_hash"):
         raise UserError(f"{data_dir}: not the dataset the resumed run was trained on (input hash differs)")
+    chunk_rows = int(config["chunk_rows"])  # > 0: stream the train split from Parquet instead of loading it
     splits = {
         name: Split(s.ids.to(device), s.labels.to(device))
         for name in ("train", "valid", "test")
-        if name in meta["splits"]
+        if name in meta["splits"] and not (name == "train" and chunk_rows)
         for s in [load_split(data_dir, name, meta)]
     }
+    train_rows = int(meta["splits"]["train"]["rows"]) if chunk_rows else len(splits["train"])
+    batch_size = int(config["batch_size"])
+    if chunk_rows:
+        sizes = [min(chunk_rows, train_rows - start) for start in range(0, train_rows, chunk_rows)]
+    else:
+        sizes = [train_rows]
+    steps = sum(math.ceil(size / batch_size) for size in sizes)
     snapshot_ids = snapshot_rows(splits["valid"], int(config["snapshot_rows"]))
 
     # Model and optimizer (restored to the end of the last completed epoch when resuming).
@@ -251,9 +287,8 @@ def train(
             break
         start = time.perf_counter()
         generator = seed_epoch(int(config["seed"]), epoch)
-        train_loss = train_epoch(
-            model, optimizer, splits["train"], int(config["batch_size"]), generator, epoch, on_step
-        )
+        chunks = parquet_chunks(data_dir, meta, chunk_rows, generator, device) if chunk_rows else [splits["train"]]
+        train_loss = train_epoch(model, optimizer, chunks, batch_size, generator, epoch, steps, on_step)
         train_seconds = time.perf_counter() - start
         valid = evaluate(model, splits["valid"])
         collapse = collapse_snapshot(model, snapshot_ids)
@@ -263,7 +298,7 @@ def train(
             "valid_auc": valid["auc"],
             "valid_logloss": valid["logloss"],
             "seconds": time.perf_counter() - start,
-            "samples_per_s": len(splits["train"]) / train_seconds,
+            "samples_per_s": train_rows / train_seconds,
             **collapse,
         }
         history.append(entry)

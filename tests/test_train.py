@@ -140,6 +140,27 @@ def test_early_stopping_after_patience_epochs_without_improvement(tmp_path):
     assert all(aucs[i] > max(aucs[:i]) for i in [best] if i > 0)
 
 
+def test_streamed_chunks_visit_every_training_row_once_per_epoch(tiny, tmp_path, monkeypatch):
+    seen = []
+    original = training.train_step
+
+    def recording(model, optimizer, ids, labels):
+        seen.append(torch.cat([ids, labels[:, None].int()], dim=1))
+        return original(model, optimizer, ids, labels)
+
+    monkeypatch.setattr(training, "train_step", recording)
+    config = {**SMALL, "epochs": 2, "patience": 0, "chunk_rows": 400}
+    streamed = training.train(tiny, config, tmp_path / "s.pt")
+    train = load_split(tiny, "train")
+    expected = torch.cat([train.ids, train.labels[:, None].int()], dim=1)
+    rows = torch.cat(seen)
+    assert len(rows) == 2 * len(train)
+    for epoch_rows in (rows[: len(train)], rows[len(train) :]):
+        assert sorted(map(tuple, epoch_rows.tolist())) == sorted(map(tuple, expected.tolist()))
+    assert not torch.equal(rows[: len(train)], rows[len(train) :])  # reshuffled
+    assert streamed["history"][-1]["valid_auc"] > 0.55  # it learns
+
+
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_good_checkpoint(tiny, tmp_path, monkeypatch):
     out = tmp_path / "run.pt"
     original = training.train_step
