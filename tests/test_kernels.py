@@ -23,6 +23,7 @@ from dcollapse.kernels import (
 )
 from dcollapse.kernels.dispatch import check_dot_blocks, dot_block, use_triton
 from dcollapse.kernels.scatter import scatter_rows_atomic, scatter_rows_sorted
+from dcollapse.metrics.spectrum import field_singular_values
 
 SHAPES = [(5, 13, 8), (3, 26, 10), (9, 3, 16), (2, 39, 64)]  # (B, F, d)
 ATOL, RTOL = 1e-4, 1e-4
@@ -81,6 +82,12 @@ def check_op(op, ref64, inputs):
 @pytest.mark.parametrize("B,F,d", SHAPES)
 def test_lookup(B, F, d):
     check_op(lookup, gather64, make_lookup_inputs(B, F, d))
+
+
+def test_fused_ops_take_int64_ids():
+    table, ids, offsets = make_lookup_inputs(4, 13, 8, seed=5)
+    check_op(fused_bi_interaction, lambda t, i, o: fm64(gather64(t, i, o)), [table, ids.long(), offsets])
+    check_op(fused_pairwise_dot, lambda t, i, o: dots64(gather64(t, i, o)), [table, ids.long(), offsets])
 
 
 @pytest.mark.parametrize("B,F,d", SHAPES)
@@ -168,6 +175,9 @@ def test_gram_spectra_per_field():
     assert (spectra[:, :-1] >= spectra[:, 1:]).all()
     for s, block in zip(spectra, blocks, strict=True):
         assert_spectrum_matches(s, block)
+    # the metrics' CPU path (which CUDA tables route to this kernel) agrees, zeros past the rank included
+    cpu_path = field_singular_values(table, offsets)
+    torch.testing.assert_close(spectra, cpu_path, atol=1e-6 * float(spectra.max()), rtol=1e-6)
 
 
 def test_matrix_and_batched_spectra():
