@@ -288,7 +288,11 @@ def train(
         start = time.perf_counter()
         generator = seed_epoch(int(config["seed"]), epoch)
         chunks = parquet_chunks(data_dir, meta, chunk_rows, generator, device) if chunk_rows else [splits["train"]]
-        train_loss = train_epoch(model, optimizer, chunks, batch_size, generator, epoch, steps, on_step)
+        try:
+            train_loss = train_epoch(model, optimizer, chunks, batch_size, generator, epoch, steps, on_step)
+        except Diverged as exc:
+            kept = f"{out} keeps epoch {progress.epoch}" if progress.epoch else "no checkpoint was written"
+            raise Diverged(f"{exc} ({kept})") from None
         train_seconds = time.perf_counter() - start
         valid = evaluate(model, splits["valid"])
         collapse = collapse_snapshot(model, snapshot_ids)
