@@ -48,7 +48,7 @@ def _matmul_tile(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
-        a_off = rm.to(tl.int64)[:, None] * s_am + rk[None, :] * s_ak
+        a_off = rm.to(tl.int64)[:, None] * s_am + rk.to(tl.int64)[None, :] * s_ak
         a_mask = (rm < M)[:, None] & (rk < K)[None, :]
         a_tile = tl.load(a + a_off, mask=a_mask, other=0.0).to(tl.float32)
         if SCALE_A:

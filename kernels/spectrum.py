@@ -48,13 +48,15 @@ def _gram_kernel(
         end = tl.load(chunk_end + chunk)
         ci = ti * BLOCK_C + tl.arange(0, BLOCK_C)
         cj = tj * BLOCK_C + tl.arange(0, BLOCK_C)
+        ci_off = ci.to(tl.int64)[None, :] * s_c  # int64: a transposed view's column stride can be large
+        cj_off = cj.to(tl.int64)[None, :] * s_c
         acc = tl.zeros((BLOCK_C, BLOCK_C), dtype=tl.float64)
         for start in range(begin, end, BLOCK_R):
             r = start + tl.arange(0, BLOCK_R)
             r_off = r.to(tl.int64)[:, None] * s_r
             r_mask = (r < end)[:, None]
-            xi = tl.load(x + r_off + ci[None, :] * s_c, mask=r_mask & (ci < C)[None, :], other=0.0).to(tl.float64)
-            xj = tl.load(x + r_off + cj[None, :] * s_c, mask=r_mask & (cj < C)[None, :], other=0.0).to(tl.float64)
+            xi = tl.load(x + r_off + ci_off, mask=r_mask & (ci < C)[None, :], other=0.0).to(tl.float64)
+            xj = tl.load(x + r_off + cj_off, mask=r_mask & (cj < C)[None, :], other=0.0).to(tl.float64)
             acc += tl.dot(tl.trans(xi), xj)
         out_off = chunk.to(tl.int64) * C_PAD * C_PAD + ci[:, None] * C_PAD + cj[None, :]
         tl.store(out + out_off, acc)
