@@ -379,13 +379,8 @@ def add_base_changes(rows: list[dict[str, Any]]) -> None:
     A base with the same embedding width is preferred; rows without a base get None.
     """
     for row in rows:
-        bases = [
-            b
-            for b in rows
-            if b["arch"] == "none"
-            and b["backbone"] == row["backbone"]
-            and b["dataset"]["hash"] == row["dataset"]["hash"]
-        ]
+        same = ("backbone", "dataset_label")
+        bases = [b for b in rows if b["arch"] == "none" and all(b[k] == row[k] for k in same)]
         bases.sort(key=lambda b: b["model"]["emb_dim"] != row["model"]["emb_dim"])
         base = bases[0] if bases and row["arch"] != "none" else None
         ok = base is not None and base["rankme"] and row["rankme"] is not None
@@ -393,14 +388,21 @@ def add_base_changes(rows: list[dict[str, Any]]) -> None:
         row["rankme_change_vs_base"] = (row["rankme"] / base["rankme"] - 1.0) if ok else None
 
 
+def run_label(checkpoint_path: str, names: list[str]) -> str:
+    """The file name, or ``folder/name`` when two runs share a file name."""
+    path = Path(checkpoint_path).resolve()
+    return path.name if names.count(path.name) == 1 else f"{path.parent.name}/{path.name}"
+
+
 def render_compare(doc: dict[str, Any]) -> None:
     several = len(doc["datasets"]) > 1
-    text = ["run", "model", "DNN"] + (["dataset"] if several else [])
+    names = [Path(r["checkpoint"]).name for r in doc["runs"]]
+    text = ["run", "model", "DNN"] + (["data"] if several else [])
     columns = [*text, "AUC", "log loss", "RankMe", "Δ RankMe", "mean IA", "min IA"]
     table = report_table("Collapse across variants (the paper's Table 1 layout)", columns, left=len(text))
     previous = None
     for r in doc["runs"]:
-        group = (r["dataset"]["hash"], r["backbone"])
+        group = (r["dataset_label"], r["backbone"])
         if previous is not None and group != previous:
             table.add_section()
         previous = group
@@ -408,9 +410,13 @@ def render_compare(doc: dict[str, Any]) -> None:
         change_text = Text("—") if change is None else Text(f"{change:+.1%}", style="green" if change > 0 else "red")
         auc_mark = "" if r["metrics_split"] == "test" else " ᵛ"
         rankme_mark = "" if r["rankme_source"] == "batch" else " †"
-        cells = [Path(r["checkpoint"]).name, f"{BACKBONES.get(r['backbone'], r['backbone'])} {r['variant']}"]
-        cells += [dnn_text(r["model"])] + ([r["dataset"]["name"] or "?"] if several else [])
-        cells += [fmt(r["auc"]) + auc_mark, fmt(r["logloss"]) + auc_mark, fmt(r["rankme"], ".2f") + rankme_mark]
+        cells = [run_label(r["checkpoint"], names), f"{BACKBONES.get(r['backbone'], r['backbone'])} {r['variant']}"]
+        cells += [dnn_text(r["model"])] + ([r["dataset_label"]] if several else [])
+        cells += [
+            fmt(r["auc"]) + auc_mark,
+            fmt(r["logloss"]) + auc_mark,
+            fmt(r["rankme"], ".1f" if (r["rankme"] or 0) >= 100 else ".2f") + rankme_mark,
+        ]
         dim = r["model"]["emb_dim"] * (r["model"]["num_sets"] or 1)
         cells += [change_text, ia_text(r["mean_field_ia"], dim), ia_text(r["min_field_ia"], dim)]
         table.add_row(*cells)
@@ -456,25 +462,26 @@ def compare(
     with err.status(f"spectra of {len(runs)} runs"):
         for run in runs:
             rows.append(compare_row(run, batches, split, batch, seed))
-    datasets: dict[str, str] = {}
+    datasets: dict[str, dict[str, Any]] = {}
     for row in rows:
-        datasets.setdefault(row["dataset"]["hash"], row["dataset"]["name"])
+        key = row["dataset"]["hash"] or row["dataset"]["path"]
+        info = {k: row["dataset"][k] for k in ("name", "hash", "path")}
+        row["dataset_label"] = datasets.setdefault(key, {"label": chr(ord("A") + len(datasets) % 26), **info})["label"]
     backbones = list(dict.fromkeys(r["backbone"] for r in rows))
-    order = {key: i for i, key in enumerate(datasets)}
-    rows.sort(
-        key=lambda r: (order[r["dataset"]["hash"]], backbones.index(r["backbone"]), list(VARIANTS).index(r["arch"]))
-    )
+    rows.sort(key=lambda r: (r["dataset_label"], backbones.index(r["backbone"]), list(VARIANTS).index(r["arch"])))
     add_base_changes(rows)
     notes = []
     if len(datasets) > 1:
-        names = ", ".join(str(name) for name in datasets.values())
-        notes.append(f"runs come from {len(datasets)} different datasets ({names}); RankMe changes compare within one")
+        names = "; ".join(
+            f"{d['label']} = {d['name']} ({(d['hash'] or '')[:15]}, {d['path']})" for d in datasets.values()
+        )
+        notes.append(f"runs come from {len(datasets)} different datasets: {names}. RankMe changes compare within one")
     notes += [
         f"{Path(r['checkpoint']).name}: batch metrics skipped: {r['dataset']['skipped']}"
         for r in rows
         if r["batch"] is None
     ]
-    doc = {"runs": rows, "datasets": [{"hash": h, "name": n} for h, n in datasets.items()], "notes": notes}
+    doc = {"runs": rows, "datasets": list(datasets.values()), "notes": notes}
     if plot is not None:
         series = {
             f"{Path(r['checkpoint']).name} ({BACKBONES.get(r['backbone'], r['backbone'])} {r['variant']})": r["batch"][
