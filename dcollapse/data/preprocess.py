@@ -44,11 +44,9 @@ def write_dataset(
     """
     names = [f["name"] for f in fields]
     with atomic_path(out_dir, directory=True, overwrite=overwrite) as tmp:
-        sinks = []
-        for split, frame in splits.items():
+        for split, frame in splits.items():  # one streaming pass per split keeps the memory flat
             lazy = frame.lazy().select([pl.col(n).cast(pl.Int32) for n in names] + [pl.col(LABEL).cast(pl.Int8)])
-            sinks.append(lazy.sink_parquet(tmp / f"{split}.parquet", lazy=True))
-        pl.collect_all(sinks, engine="streaming")
+            lazy.sink_parquet(tmp / f"{split}.parquet", row_group_size=65536, engine="streaming")
         split_meta = {}
         for split in splits:
             counts = pl.scan_parquet(tmp / f"{split}.parquet").select(
@@ -95,7 +93,7 @@ def write_dataset(
 # ------------------------------------------------------------------------------------------------ the preprocess job
 
 FORMATS = ("criteo", "avazu", "csv", "parquet", "libfm", "movielens")
-HASH_SEED = 20240607  # tokens are grouped and looked up by their 64-bit hash (re-hashed from vocab.parquet on apply)
+HASH_SEED = 20240607  # tokens are counted grouped by their 64-bit hash (faster than grouping strings)
 VOCAB_FILE = "vocab.parquet"
 TRANSFORM_FILE = "transform.json"
 SPLIT = "__split"
@@ -167,7 +165,10 @@ def preprocess(
     with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.", suffix=".work", dir=out_dir.parent) as work:
         stage("parsing and checking rows")
         rows_file = Path(work) / "rows.parquet"
-        _run(lambda: _combine(source, opts).sink_parquet(rows_file, engine="streaming"), source.files)
+        _run(
+            lambda: _combine(source, opts).sink_parquet(rows_file, row_group_size=65536, engine="streaming"),
+            source.files,
+        )
         frame = pl.scan_parquet(rows_file)
         per_file, bad = _run(
             lambda: pl.collect_all(
@@ -198,7 +199,8 @@ def preprocess(
         else:
             numeric_edges = _numeric_edges(good, source, opts)
             tokens = _tokens(good, source, numeric_edges)
-            counts = _run(lambda: pl.collect_all([_count_query(tokens, n) for n in names], engine="streaming"), [])
+            # One streaming query per field (each reads one column): far less memory than running them together.
+            counts = _run(lambda: [_count_query(tokens, n).collect(engine="streaming") for n in names], [])
             vocab = _build_vocab(names, counts, opts.min_count)
             size_of = dict(vocab.group_by("field").agg(pl.col("id").max()).iter_rows())
             fields_meta = [{"name": n, "kind": kind, "vocab_size": size_of.get(n, 1) + 1} for n, kind in source.fields]
@@ -209,7 +211,6 @@ def preprocess(
             "options": asdict(opts),
             "numeric_edges": numeric_edges,
             "fields": [{k: f[k] for k in ("name", "kind", "vocab_size")} for f in fields_meta],
-            "hash_seed": HASH_SEED,
         }
         return write_dataset(
             out_dir,
@@ -328,7 +329,7 @@ def _tokens(frame: pl.LazyFrame, source: formats.Source, edges: dict[str, list[f
 
 
 def _count_query(tokens: pl.LazyFrame, name: str) -> pl.LazyFrame:
-    """Per distinct token of field ``name`` in the (good) training rows: its hash, count and spelling."""
+    """Per distinct token of field ``name`` in the (good) training rows: its count and spelling."""
     col = pl.col(name)
     return (
         tokens.filter((pl.col(SPLIT) == 0) & col.is_not_null())
@@ -338,7 +339,7 @@ def _count_query(tokens: pl.LazyFrame, name: str) -> pl.LazyFrame:
 
 
 def _build_vocab(names: list[str], counts: list[pl.DataFrame], min_count: int) -> pl.DataFrame:
-    """One frame (field, token, hash, id, count): ids 2.. by decreasing count, ties by token (0 = OOV, 1 = missing)."""
+    """One frame (field, token, id, count): ids 2.. by decreasing count, ties by token (0 = OOV, 1 = missing)."""
     parts = []
     for name, frame in zip(names, counts, strict=True):
         kept = frame.filter(pl.col("count") >= min_count).sort(["count", "token"], descending=[True, False])
@@ -346,12 +347,11 @@ def _build_vocab(names: list[str], counts: list[pl.DataFrame], min_count: int) -
             kept.select(
                 pl.lit(name).alias("field"),
                 pl.col("token"),
-                pl.col("hash"),
                 (pl.int_range(pl.len(), dtype=pl.Int64) + 2).alias("id"),
                 pl.col("count").cast(pl.Int64),
             )
         )
-    empty = pl.DataFrame(schema={"field": pl.String, "token": pl.String, "hash": pl.UInt64, "id": pl.Int64,
+    empty = pl.DataFrame(schema={"field": pl.String, "token": pl.String, "id": pl.Int64,
                                  "count": pl.Int64})  # fmt: skip
     return pl.concat([empty, *parts], how="vertical")
 
@@ -362,7 +362,9 @@ def _encode(tokens: pl.LazyFrame, names: list[str], vocab: pl.DataFrame) -> pl.L
     for name in names:
         v = vocab.filter(pl.col("field") == name)
         col = pl.col(name)
-        ids = col.hash(HASH_SEED).replace_strict(v["hash"], v["id"], default=0, return_dtype=pl.Int32)
+        # Enum categories in id order: the physical code of a known token is its id - 2; unknown tokens -> null.
+        code = col.cast(pl.Enum(v.sort("id")["token"]), strict=False).to_physical().cast(pl.Int32)
+        ids = (code + 2).fill_null(0)
         exprs.append(pl.when(col.is_null()).then(pl.lit(1, dtype=pl.Int32)).otherwise(ids).alias(name))
     return tokens.select(*exprs, pl.col(formats.LABEL), pl.col(SPLIT))
 
@@ -410,5 +412,5 @@ def _load_transform(data_dir: Path) -> dict[str, Any]:
         vocab = pl.read_parquet(data_dir / VOCAB_FILE)
     except (json.JSONDecodeError, pl.exceptions.PolarsError, OSError) as exc:
         raise UserError(f"{path}: unreadable saved transform ({formats.first_line(exc)})") from None
-    doc["vocab"] = vocab.with_columns(pl.col("token").hash(HASH_SEED).alias("hash"))
+    doc["vocab"] = vocab
     return doc
