@@ -378,7 +378,7 @@ def pm(stat: Mapping[str, Any], spec: str = ".4f", percent: bool = False) -> str
         return "—"
     scale, suffix = (100.0, "%") if percent else (1.0, "")
     text = f"{stat['mean'] * scale:{'+' if percent else ''}{spec}}{suffix}"
-    return text if stat["std"] is None else f"{text} ± {stat['std'] * scale:{spec}}{suffix}"
+    return text if stat["std"] is None else f"{text} ± {stat['std'] * scale:{spec.lstrip('+')}}{suffix}"
 
 
 def dnn_label(config: Mapping[str, Any]) -> str:

@@ -8,10 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 import torch
+from scipy import sparse
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
 
 from dcollapse import sweep
-from dcollapse.data.dataset import load_meta
+from dcollapse.data.dataset import field_offsets, load_meta, load_split
 from dcollapse.metrics.spectrum import rankme, singular_values
 from dcollapse.models import build_model
 
@@ -19,14 +23,45 @@ VARIANT = {"none": "base", "parallel": "+p-DNN", "stacked": "+s-DNN"}
 BACKBONE = {"fm": "FM", "crossnet": "CrossNet"}
 
 
-def load_sweep(directory: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """(summary.json, per-run results by run name) of a finished sweep."""
-    summary = json.loads((directory / "summary.json").read_text())
+def load_sweep(directory: Path, title: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]], str]:
+    """(summary, per-run results by run name, summary Markdown) of a finished sweep, summarised afresh from the
+    per-run result files in the grid order of its summary.json (plus the failures recorded there)."""
+    recorded = json.loads((directory / "summary.json").read_text())
     runs = {}
-    for path in sorted(directory.glob("*-s[0-9]*.json")):
-        result = json.loads(path.read_text())
-        runs[result["name"]] = result
-    return summary, runs
+    for group in recorded["groups"]:
+        for seed in group["seeds"]:
+            result = json.loads((directory / f"{sweep.run_name(group['group'], seed)}.json").read_text())
+            runs[result["name"]] = result
+    failed = [{**f, "status": "failed", "group": f["name"].rsplit("-s", 1)[0]} for f in recorded["failed"]]
+    summary = sweep.summarize([*runs.values(), *failed])
+    return summary, runs, sweep.summary_markdown(summary, title)
+
+
+def first_order_auc(data_dir: Path) -> float:
+    """Test AUC of a logistic regression on the one-hot ids (first order only: no feature interactions)."""
+    meta = load_meta(data_dir)
+    offsets = field_offsets(meta).numpy()
+    width = int(sum(f["vocab_size"] for f in meta["fields"]))
+
+    def one_hot(split: str) -> tuple[sparse.csr_matrix, np.ndarray]:
+        rows = load_split(data_dir, split, meta)
+        cols = (rows.ids.numpy().astype(np.int64) + offsets).ravel()
+        n, f = rows.ids.shape
+        x = sparse.csr_matrix((np.ones(n * f), (np.repeat(np.arange(n), f), cols)), shape=(n, width))
+        return x, rows.labels.numpy()
+
+    (x, y), (xt, yt) = one_hot("train"), one_hot("test")
+    model = LogisticRegression(C=1.0, max_iter=2000).fit(x, y)
+    return float(roc_auc_score(yt, model.predict_proba(xt)[:, 1]))
+
+
+def bayes_auc(data_dir: Path) -> float | None:
+    """Test AUC of the true click probability, for synthetic data with a planted model (else None)."""
+    truth = data_dir / "truth.parquet"
+    if not truth.is_file():
+        return None
+    prob = pl.read_parquet(truth).filter(pl.col("split") == "test")["prob"].to_numpy()
+    return float(roc_auc_score(load_split(data_dir, "test").labels.numpy(), prob))
 
 
 def paired(runs: dict[str, dict[str, Any]], group: str, reference: str, key: str, relative: bool) -> list[float]:
@@ -47,7 +82,7 @@ def fmt_pm(values: list[float], spec: str = "+.1f", scale: float = 100.0, unit: 
         return "—"
     v = np.array(values) * scale
     text = f"{v.mean():{spec}}{unit}"
-    return text + (f" ± {v.std(ddof=1):.1f}{unit}" if v.size > 1 else "")
+    return text + (f" ± {v.std(ddof=1):{spec.lstrip('+')}}{unit}" if v.size > 1 else "")
 
 
 def verdict(values: list[float]) -> str:
@@ -78,7 +113,9 @@ def spectrum_reach(spectrum: list[float], level: float = 1e-2) -> int:
 def claims_section(name: str, runs: dict[str, dict[str, Any]], summary: dict[str, Any]) -> list[str]:
     groups = {g["group"]: g for g in summary["groups"]}
     lines = [f"**{name}**", ""]
-    lines += ["| backbone | DNN | RankMe change vs base | RankMe | AUC change vs base | cov(Z) eigenvalues ≥ 1e-2 |"]
+    lines += [
+        "| backbone | DNN | RankMe change vs base | RankMe direction | AUC change vs base | cov(Z) eigenvalues ≥ 1e-2 |"
+    ]
     lines += ["|---|---|---|---|---|---:|"]
     for model in ("fm", "crossnet"):
         base = f"{model}-none"
@@ -139,7 +176,7 @@ def write_results(
     for dataset, grid, _ in sweeps:
         directory = root / work / f"{dataset}-{grid}"
         if (directory / "summary.json").is_file():
-            loaded[(dataset, grid)] = load_sweep(directory)
+            loaded[(dataset, grid)] = load_sweep(directory, f"{grid} grid, {dataset}")
     datasets = list(dict.fromkeys(dataset for dataset, _, _ in sweeps))
     metas = {d: load_meta(root / work / "data" / d) for d in datasets}
 
@@ -158,14 +195,18 @@ def write_results(
         "",
         "## Data",
         "",
-        "| dataset | fields | train / valid / test rows | positive rate (train) |",
-        "|---|---:|---|---:|",
+        "| dataset | fields | train / valid / test rows | positive rate (train) | first-order LR test AUC |"
+        " Bayes-optimal test AUC |",
+        "|---|---:|---|---:|---:|---:|",
     ]
     for d, meta in metas.items():
         sp = meta["splits"]
         rows = " / ".join(f"{sp[k]['rows']:,}" for k in ("train", "valid", "test") if k in sp)
         rate = sp["train"]["positives"] / max(sp["train"]["rows"], 1)
-        lines.append(f"| {d} | {len(meta['fields'])} | {rows} | {rate:.3f} |")
+        bayes = bayes_auc(root / work / "data" / d)
+        bayes_text = "—" if bayes is None else f"{bayes:.4f}"
+        lr = first_order_auc(root / work / "data" / d)
+        lines.append(f"| {d} | {len(meta['fields'])} | {rows} | {rate:.3f} | {lr:.4f} | {bayes_text} |")
     lines += [
         "",
         "- criteo: the 10,000-row Criteo Display Advertising sample (train file 8,000 rows, test file 2,000 rows;",
@@ -199,11 +240,10 @@ def write_results(
     ]
 
     lines += ["## Table 1 layout: the paper grid", ""]
-    for (dataset, grid), (_, runs) in loaded.items():
+    for (dataset, grid), (_, runs, _) in loaded.items():
         if grid != "paper":
             continue
-        table = (root / work / f"{dataset}-paper" / "summary.md").read_text()
-        lines += [table.replace("### ", "### "), ""]
+        lines += [loaded[(dataset, grid)][2], ""]
         ref = {}
         for model in ("fm", "crossnet"):
             base = runs.get(sweep.run_name(f"{model}-none", 0))
@@ -222,14 +262,14 @@ def write_results(
         lines += [" ".join(images), ""]
 
     lines += ["## DNN-component ablation", ""]
-    for (dataset, grid), (_, runs) in loaded.items():
+    for (dataset, grid), (_, runs, _) in loaded.items():
         if grid != "ablation":
             continue
         lines += ablation_section(dataset, runs)
         lines += [
             "<details><summary>Full table</summary>",
             "",
-            (root / work / f"{dataset}-ablation" / "summary.md").read_text(),
+            loaded[(dataset, grid)][2],
             "</details>",
             "",
         ]
@@ -243,10 +283,12 @@ def write_results(
         "normalized eigenvalues of cov(Z) (mean spectrum over seeds) stay above 1e-2.",
         "",
     ]
-    for (dataset, grid), (summary, runs) in loaded.items():
+    for (dataset, grid), (summary, runs, _) in loaded.items():
         if grid == "paper":
             lines += claims_section(dataset, runs, summary)
-    failed = [f"{dataset}/{f['name']}: {f['error']}" for (dataset, _), (s_, _) in loaded.items() for f in s_["failed"]]
+    failed = [
+        f"{dataset}/{f['name']}: {f['error']}" for (dataset, _), (s_, _, _) in loaded.items() for f in s_["failed"]
+    ]
     lines += ["Failed runs: " + ("; ".join(failed) if failed else "none."), ""]
     path = root / docs / "results.md"
     text = "\n".join(lines).rstrip() + "\n"
