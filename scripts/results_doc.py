@@ -289,6 +289,17 @@ def write_results(
     failed = [
         f"{dataset}/{f['name']}: {f['error']}" for (dataset, _), (s_, _, _) in loaded.items() for f in s_["failed"]
     ]
+    for dataset in datasets:
+        if (dataset, "paper") in loaded and (dataset, "ablation") in loaded:
+            a, b = loaded[(dataset, "paper")][1], loaded[(dataset, "ablation")][1]
+            shared = sorted(set(a) & set(b))
+            same = sum(a[n]["auc"] == b[n]["auc"] and a[n]["rankme"] == b[n]["rankme"] for n in shared)
+            lines += [
+                f"Determinism: the {len(shared)} runs of {dataset} that both the paper and the ablation sweep trained"
+                f" (same config and seed, separate processes) agree bit for bit in AUC and RankMe in {same} of"
+                f" {len(shared)}.",
+                "",
+            ]
     lines += ["Failed runs: " + ("; ".join(failed) if failed else "none."), ""]
     path = root / docs / "results.md"
     text = "\n".join(lines).rstrip() + "\n"
