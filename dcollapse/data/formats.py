@@ -92,9 +92,8 @@ def _lines(path: Path, skip_first: bool) -> pl.LazyFrame:
 
 def _split(lf: pl.LazyFrame, sep: str, names: list[str], unquote: bool = False) -> tuple[pl.LazyFrame, Check]:
     """Split ``line`` on ``sep`` into String columns ``names`` (empty -> None); also the column-count check."""
-    lf = lf.with_columns(
-        pl.col("line").str.split(sep).alias("__parts"),
-        (pl.col("line").str.count_matches(sep, literal=True) + 1).alias("__n"),
+    lf = lf.with_columns(pl.col("line").str.split(sep).alias("__parts")).with_columns(
+        pl.col("__parts").list.len().alias("__n")
     )
     cols = []
     for i, name in enumerate(names):

@@ -155,6 +155,8 @@ def preprocess(
     paths = _existing(inputs)
     transform = _load_transform(Path(opts.apply)) if opts.apply else None
     if transform is not None:
+        if opts.format not in (None, transform["options"]["format"]):
+            raise UserError(f"--format {opts.format} differs from the format of --apply {opts.apply}")
         for key in ("format", "label", "categorical", "numeric", "numeric_bins", "separator"):
             setattr(opts, key, transform["options"][key])
     source = formats.read(opts.format, paths, asdict(opts))

@@ -1,0 +1,103 @@
+"""Benchmark `dcollapse preprocess --format criteo`: throughput (rows/s) and peak RSS against the number of rows.
+
+Generates synthetic Criteo-format files (tab-separated, no header: label, I1..I13, C1..C26; empty = missing) with
+Zipf-distributed categorical values of bounded cardinality (10 .. 100k values per field), then runs the real CLI
+in a child process per size and reads that child's peak RSS from ``os.wait4``.
+
+Usage:
+    python scripts/bench_preprocess.py --rows 100000 1000000 [10000000] [--workdir DIR] [--markdown]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+BLOCK = 500_000
+
+
+def write_criteo(path: Path, rows: int, seed: int = 0) -> None:
+    """Write ``rows`` synthetic Criteo rows to ``path`` (generated in blocks, so memory stays small)."""
+    rng = np.random.default_rng(seed)
+    cards = np.geomspace(10, 100_000, 26).astype(np.int64)
+    tmp = path.with_name(path.name + ".part")
+    with tmp.open("wb") as fh:
+        for start in range(0, rows, BLOCK):
+            n = min(BLOCK, rows - start)
+            cols: dict[str, pl.Series] = {"label": pl.Series((rng.random(n) < 0.25).astype(np.int8))}
+            for k in range(13):
+                value = np.floor(rng.pareto(1.0, n) * 3).astype(np.int64) - 1
+                cols[f"I{k + 1}"] = pl.Series(value).set(pl.Series(rng.random(n) < 0.2), None)
+            for k in range(26):
+                value = (rng.zipf(1.3, n) % cards[k]) * 2654435761 % 2**32 + k
+                cols[f"C{k + 1}"] = pl.Series(value).set(pl.Series(rng.random(n) < 0.1), None)
+            pl.DataFrame(cols).write_csv(fh, separator="\t", include_header=False, null_value="", quote_style="never")
+    tmp.rename(path)
+
+
+def run_preprocess(src: Path, out: Path) -> dict:
+    """Run the CLI on ``src``; return wall seconds, peak RSS (MiB) of that child process and its meta.json."""
+    cmd = [sys.executable, "-m", "dcollapse", "preprocess", str(src), "--format", "criteo", "--out", str(out)]
+    cmd += ["--overwrite", "--json"]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    stdout = proc.stdout.read() if proc.stdout else b""
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"preprocess failed on {src} (exit {os.waitstatus_to_exitcode(status)})")
+    return {"seconds": seconds, "peak_rss_mib": usage.ru_maxrss / 1024, "meta": json.loads(stdout)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=float, nargs="+", default=[1e5, 1e6], help="Row counts to benchmark.")
+    parser.add_argument("--workdir", type=Path, default=None, help="Where input files are generated (and reused).")
+    parser.add_argument("--markdown", action="store_true", help="Print a Markdown table for docs/benchmarks.md.")
+    args = parser.parse_args()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="dcollapse-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for rows in (int(r) for r in args.rows):
+        src = workdir / f"criteo_{rows}.txt"
+        if not src.exists():
+            t = time.perf_counter()
+            write_criteo(src, rows)
+            print(f"generated {src} in {time.perf_counter() - t:.1f}s", file=sys.stderr)
+        r = run_preprocess(src, workdir / f"out_{rows}")
+        written = sum(s["rows"] for s in r["meta"]["splits"].values())
+        assert written == rows, f"{written} rows written, expected {rows}"
+        results.append(
+            {
+                "rows": rows,
+                "input_mib": src.stat().st_size / 2**20,
+                "seconds": r["seconds"],
+                "rows_per_s": rows / r["seconds"],
+                "peak_rss_mib": r["peak_rss_mib"],
+                "vocab_total": sum(f["vocab_size"] for f in r["meta"]["fields"]),
+            }
+        )
+        print(json.dumps(results[-1]), file=sys.stderr)
+    if args.markdown:
+        print("| rows | input (MiB) | wall (s) | rows/s | peak RSS (MiB) | total vocab |")
+        print("|---:|---:|---:|---:|---:|---:|")
+        for r in results:
+            print(
+                f"| {r['rows']:,} | {r['input_mib']:,.0f} | {r['seconds']:.1f} | {r['rows_per_s']:,.0f} "
+                f"| {r['peak_rss_mib']:,.0f} | {r['vocab_total']:,} |"
+            )
+    else:
+        print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
