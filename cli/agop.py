@@ -27,6 +27,11 @@ K2_NOTE = (
     "K = 2 (click / no click): the two centred class means are always antipodal, so NC2 = 0 by construction; "
     "only NC1 = tr(Sigma_W) / tr(Sigma_B) is informative."
 )
+FIELD_NOTE = (
+    "trace share: the field's part of tr(AGOP) (how much the logit moves with it); table rank k = round(RankMe) of "
+    "the field's embedding table; AGOP in table top-k: fraction of the field's AGOP along the table's top-k singular "
+    "directions (isotropic = k/d). Low: the model is sensitive to directions the table barely spans."
+)
 RFM_LABELS = {"x": "X", "sqrt_m_x": "M^1/2 X", "phi": "ReLU(W M^1/2 X)"}
 RFM_COLUMNS = {"x": "X", "sqrt_m_x": "MX", "phi": "Phi"}
 RFM_LEGEND = "X: layer input (unit rows); MX = M^1/2 X: AGOP projection; Phi = ReLU(W M^1/2 X): random features"
@@ -91,12 +96,8 @@ def render_agop(doc: dict[str, Any]) -> None:
             fmt(f["energy_in_table_span"], ".3f"),
             f"{f['isotropic_baseline']:.3f}",
         )
-    table.caption = (
-        "trace share: the field's part of tr(AGOP) (how much the logit moves with it); table rank k = round(RankMe) "
-        "of the field's embedding table; AGOP in table top-k: fraction of the field's AGOP along the table's top-k "
-        "singular directions (isotropic = k/d). Low: the model is sensitive to directions the table barely spans."
-    )
     out.print(table)
+    out.print(FIELD_NOTE, style="dim", highlight=False)
     if doc["layers"]:
         table = report_table(
             "Neural Feature Ansatz per DNN linear layer", ["layer", "shape", "corr(W^TW, AGOP^1/2)", "corr(W^TW, AGOP)"]
@@ -104,8 +105,8 @@ def render_agop(doc: dict[str, Any]) -> None:
         for layer in doc["layers"]:
             shape = f"{layer['out_features']}x{layer['in_features']}"
             table.add_row(str(layer["layer"]), shape, f"{layer['corr_sqrt_agop']:.3f}", f"{layer['corr_agop']:.3f}")
-        table.caption = "AGOP wrt the layer's input, of the sub-network from that layer to the logit"
         out.print(table)
+        out.print("AGOP wrt the layer's input, of the sub-network from that layer to the logit", style="dim")
 
 
 @handles_errors
@@ -201,8 +202,8 @@ def nc_command(
             f"{r['tr_between']:.4g}",
             f"{r['nc2']:.2g}",
         )
-    table.caption = K2_NOTE
     out.print(table)
+    out.print(K2_NOTE, style="dim", highlight=False)
 
 
 # ----------------------------------------------------------------------------------------------- rfm
