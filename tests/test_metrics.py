@@ -87,7 +87,8 @@ def test_rank_one_closed_form():
     rng = np.random.default_rng(2)
     z = np.outer(rng.standard_normal(300), rng.standard_normal(12))
     stats, _ = matrix_spectra(torch.tensor(z))
-    assert stats.ia == pytest.approx(1.0, abs=1e-9)
+    # a tall matrix goes through its float64 Gram: exact zeros come back as ~sqrt(1e-16) * s_1
+    assert stats.ia == pytest.approx(1.0, abs=1e-6)
     assert stats.rankme == pytest.approx(1.0, abs=1e-4)
     assert stats.stable_rank == pytest.approx(1.0, abs=1e-9)
     assert stats.above_1e3 == 1
