@@ -214,20 +214,23 @@ def preprocess(
             "numeric_edges": numeric_edges,
             "fields": [{k: f[k] for k in ("name", "kind", "vocab_size")} for f in fields_meta],
         }
-        return write_dataset(
-            out_dir,
-            parts,
-            fields_meta,
-            name=out_dir.name,
-            options=asdict(opts),
-            input_hash=input_hash(source.files),
-            skipped_rows=skipped,
-            overwrite=overwrite,
-            extra_files={
-                VOCAB_FILE: lambda p: vocab.select("field", "token", "id", "count").write_parquet(p),
-                TRANSFORM_FILE: lambda p: p.write_text(json.dumps(transform_doc, indent=2) + "\n"),
-            },
-            drop_empty=True,
+        return _run(
+            lambda: write_dataset(
+                out_dir,
+                parts,
+                fields_meta,
+                name=out_dir.name,
+                options=asdict(opts),
+                input_hash=input_hash(source.files),
+                skipped_rows=skipped,
+                overwrite=overwrite,
+                extra_files={
+                    VOCAB_FILE: lambda p: vocab.select("field", "token", "id", "count").write_parquet(p),
+                    TRANSFORM_FILE: lambda p: p.write_text(json.dumps(transform_doc, indent=2) + "\n"),
+                },
+                drop_empty=True,
+            ),
+            source.files,
         )
 
 
