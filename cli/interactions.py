@@ -51,8 +51,9 @@ def load_checkpoints(paths: list[Path]) -> list[Loaded]:
         ckpt = checkpoint.load(path)
         if ckpt.get("kind", "ctr") != "ctr":
             raise UserError(f"{path}: a {ckpt.get('kind')!r} checkpoint; interactions read `dcollapse train` output")
+        # epoch snapshots name their epoch; a run's main checkpoint holds the best epoch's weights
         history = ckpt.get("history") or []
-        epoch = int(ckpt.get("epoch", history[-1]["epoch"] if history else 0))
+        epoch = int(ckpt.get("epoch") or ckpt.get("best_epoch") or (history[-1]["epoch"] if history else 0))
         runs.append(Loaded(path, ckpt, load_model(ckpt), epoch))
     layout = field_layout(runs[0].ckpt["meta"])
     for run in runs[1:]:

@@ -352,7 +352,9 @@ def test_cli_single_checkpoint_json(run):
     # v(x_N) averaged over the samples equals the model's own sign-adjusted logits on the same rows
     rows = load_split(run / "data", "train")
     index = torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))[:6].sort().values
-    model = load_model(checkpoint.load(run / "run.pt"))
+    ckpt = checkpoint.load(run / "run.pt")
+    assert r["epoch"] == ckpt["best_epoch"]  # the main checkpoint holds the best epoch's weights
+    model = load_model(ckpt)
     with torch.no_grad():
         expected = ((2 * rows.labels[index] - 1) * model(rows.ids[index].long())).double().mean()
     assert r["v_full"] == pytest.approx(float(expected), abs=1e-5)
