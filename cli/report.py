@@ -30,6 +30,7 @@ BAR_HEADER = "log spectrum"
 BAR_NOTE = "log spectrum: s_i / s_1 per block, from 1e-4 (▁) to 1 (█)"
 BACKBONES = {"fm": "FM", "crossnet": "CrossNet", "dot": "Dot"}
 VARIANTS = {"none": "base", "parallel": "+p-DNN", "stacked": "+s-DNN"}
+BATCH_PANELS = {"Z": "z", "cov(Z)": "covariance"}  # plot panel -> key of the batch document
 
 DataOpt = typer.Option(None, "--data", help="Dataset directory; default: the path stored in the checkpoint.")
 SplitOpt = typer.Option("valid", "--split", help="Split the fixed batch is drawn from.")
@@ -182,27 +183,30 @@ def fmt(value: float | None, spec: str = ".4f") -> str:
 
 
 def model_line(config: dict[str, Any]) -> str:
+    """'FM +p-DNN, emb 16, DNN 3x400 relu' (with 'x k sets' for multi-embedding)."""
     backbone = BACKBONES.get(config.get("model"), str(config.get("model")))
     variant = VARIANTS.get(config.get("arch"), str(config.get("arch")))
-    return f"{backbone} {variant}, emb {config.get('emb_dim')}" + (
-        f", DNN {dnn_text(config)}" if config.get("arch", "none") != "none" else ""
-    )
+    sets = f" x {config['num_sets']} sets" if (config.get("num_sets") or 1) > 1 else ""
+    dnn = f", DNN {dnn_text(config)}" if config.get("arch", "none") != "none" else ""
+    return f"{backbone} {variant}, emb {config.get('emb_dim')}{sets}{dnn}"
+
+
+def print_header(doc: dict[str, Any]) -> None:
+    """One line: checkpoint, model and dataset of a single-run report."""
+    line = f"[bold]{doc['checkpoint']}[/]: {model_line(doc['model'])}; dataset {doc['dataset']['name']}"
+    out.print(line, highlight=False, soft_wrap=True)
 
 
 def dnn_text(config: dict[str, Any]) -> str:
-    """'3x400 relu, batch norm, dropout 0.1' or '400-200 gelu' (or '—' without a DNN)."""
+    """'3x400 relu', '400-200 gelu BN p=0.1 res' (widths, activation, norm, dropout, residual), '—' without a DNN."""
     if config.get("arch", "none") == "none":
         return "—"
     widths = list(config.get("dnn") or [])
     shape = f"{len(widths)}x{widths[0]}" if len(widths) > 1 and len(set(widths)) == 1 else "-".join(map(str, widths))
-    parts = [f"{shape} {config.get('activation')}"]
-    if config.get("norm", "none") != "none":
-        parts.append(f"{config['norm']} norm")
-    if config.get("dropout"):
-        parts.append(f"dropout {config['dropout']:g}")
-    if config.get("residual"):
-        parts.append("residual")
-    return ", ".join(parts)
+    parts = [shape, str(config.get("activation"))]
+    parts += [{"batch": "BN", "layer": "LN"}.get(config.get("norm"), "")]
+    parts += [f"p={config['dropout']:g}" if config.get("dropout") else "", "res" if config.get("residual") else ""]
+    return " ".join(part for part in parts if part)
 
 
 def report_table(title: str, columns: list[str], left: int = 1, bar: bool = False) -> Table:
@@ -218,11 +222,7 @@ def report_table(title: str, columns: list[str], left: int = 1, bar: bool = Fals
 
 def render_spectrum(doc: dict[str, Any]) -> None:
     data = doc["dataset"]
-    out.print(
-        f"[bold]{doc['checkpoint']}[/]: {model_line(doc['model'])}; dataset {data['name']}",
-        highlight=False,
-        soft_wrap=True,
-    )
+    print_header(doc)
     dim = doc["field_summary"]["dim"]
     table = report_table(
         f"Embedding table per field (d = {dim})", ["field", "vocab", "IA", "RankMe", "stable rank"], bar=True
@@ -324,13 +324,13 @@ def spectrum(
     requested = any(x is not None for x in (fail_under_ia, fail_under_rankme, fail_field_ia))
     doc["checks"] = {"requested": requested, "passed": not failures, "failures": failures}
     if plot is not None:
-        panels = {} if batch_doc is None else {"cov(Z)": batch_doc["covariance"]["normalized"]}
+        panels = {} if batch_doc is None else {k: batch_doc[v]["normalized"] for k, v in BATCH_PANELS.items()}
         panels |= {r["field"]: r["normalized"] for r in fields}
         subtitles = {r["field"]: f"IA {r['ia']:.2f}" for r in fields}
         if batch_doc is not None:
-            subtitles["cov(Z)"] = f"RankMe(Z) {batch_doc['z']['rankme']:.1f}"
+            subtitles |= {k: f"RankMe {batch_doc[v]['rankme']:.1f}" for k, v in BATCH_PANELS.items()}
         title = f"{checkpoint_path.name}: {model_line(doc['model'])} — normalized singular values"
-        plots.spectrum_grid(panels, plot, title, subtitles=subtitles, highlight=["cov(Z)"])
+        plots.spectrum_grid(panels, plot, title, subtitles=subtitles, highlight=list(BATCH_PANELS))
     if as_json:
         print_json(doc)
     else:
@@ -500,9 +500,7 @@ def compare(
 
 
 def render_gradients(doc: dict[str, Any]) -> None:
-    out.print(
-        f"[bold]{doc['checkpoint']}[/]: {model_line(doc['model'])}; dataset {doc['dataset']['name']}", highlight=False
-    )
+    print_header(doc)
     title = f"Gradient of the loss w.r.t. the embeddings: {doc['rows']:,} {doc['split']} rows x {doc['dim']} (F*d)"
     table = report_table(title, ["matrix", "norm share", "RankMe", "IA", "stable rank", ">1e-3"], bar=True)
     labels = {"total": "dL/dE", "interaction": " via interaction", "dnn": " via DNN"}
