@@ -5,8 +5,7 @@ Each command builds one plain JSON-ready document (what ``--json`` prints) and r
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -116,14 +115,10 @@ def dataset_summary(run: Run) -> dict[str, Any]:
     }
 
 
-def stats_dict(stats: Any) -> dict[str, Any]:
-    return dataclasses.asdict(stats)
-
-
 def field_document(run: Run) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """(per-field rows, summary) of the table spectra."""
     fields = collapse.model_field_spectra(run.model, run.ckpt["meta"])
-    rows = [{"field": f.field, "vocab_size": f.vocab_size, **stats_dict(f.spectrum)} for f in fields]
+    rows = [{"field": f.field, "vocab_size": f.vocab_size, **asdict(f.spectrum)} for f in fields]
     ias = np.array([r["ia"] for r in rows])
     worst = int(ias.argmin())
     summary = {
@@ -141,7 +136,9 @@ def history_document(ckpt: dict[str, Any]) -> list[dict[str, Any]]:
     return [{key: entry.get(key) for key in keys} for entry in ckpt.get("history") or []]
 
 
-def gate_failures(doc: dict[str, Any], under_ia: float | None, under_rankme: float | None, field_ia: float | None):
+def gate_failures(
+    doc: dict[str, Any], under_ia: float | None, under_rankme: float | None, field_ia: float | None
+) -> list[str]:
     """One reason per violated gate (mean field IA, batch RankMe, any single field's IA)."""
     failures = []
     summary = doc["field_summary"]
@@ -309,7 +306,7 @@ def spectrum(
     if run.data is not None:
         with err.status(f"spectrum of Z on up to {batch:,} {split} rows"):
             ids, _ = fixed_batch(run.data, split, batch, seed)
-            batch_doc = stats_dict(collapse.batch_spectra(run.model, ids, split, seed))
+            batch_doc = asdict(collapse.batch_spectra(run.model, ids, split, seed))
     doc = {
         "checkpoint": str(checkpoint_path),
         "model": model_summary(run.ckpt["config"]),
@@ -366,7 +363,7 @@ def compare_row(run: Run, batches: dict[Path, torch.Tensor], split: str, batch: 
     if run.data is not None:
         if run.data not in batches:
             batches[run.data] = fixed_batch(run.data, split, batch, seed)[0]
-        row["batch"] = stats_dict(collapse.batch_spectra(run.model, batches[run.data], split, seed))
+        row["batch"] = asdict(collapse.batch_spectra(run.model, batches[run.data], split, seed))
         row["rankme"], row["rankme_source"] = row["batch"]["z"]["rankme"], "batch"
     else:
         row["rankme"], row["rankme_source"] = best.get("rankme"), "history"
@@ -560,8 +557,8 @@ def gradients(
         "rows": grads.rows,
         "dim": grads.dim,
         "seed": seed,
-        "gradients": {key: {**stats_dict(st), "norm": grads.norms[key]} for key, st in spectra.items()},
-        "embeddings": stats_dict(z_stats),
+        "gradients": {key: {**asdict(st), "norm": grads.norms[key]} for key, st in spectra.items()},
+        "embeddings": asdict(z_stats),
     }
     if plot is not None:
         labels_ = {"total": "dL/dE total", "interaction": "via interaction", "dnn": "via DNN"}

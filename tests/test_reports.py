@@ -228,3 +228,11 @@ def test_reports_read_checkpoints_of_dcollapse_train(runs, tmp_path):
     assert doc["field_summary"]["mean_ia"] == pytest.approx(doc["history"][-1]["mean_ia"], rel=1e-6)
     grads = json.loads(invoke("gradients", out, "--json").stdout)
     assert grads["gradients"]["dnn"]["norm"] == 0.0 and grads["gradients"]["interaction"]["norm"] > 0
+
+
+def test_inline_bar_maps_log_decades_to_blocks():
+    from dcollapse.cli.report import spark
+
+    assert spark([1.0, 1e-2, 1e-4, 0.0]) == "█▅▁▁"
+    assert len(spark(list(np.geomspace(1, 1e-3, 100)), width=20)) == 20
+    assert spark([]) == ""
