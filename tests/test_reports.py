@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from dcollapse import checkpoint
 from dcollapse.cli.app import app
+from dcollapse.cli.report import spark
 from dcollapse.data.dataset import load_split
 from dcollapse.metrics.collapse import embedding_gradients
 from dcollapse.models import load_model
@@ -231,8 +232,6 @@ def test_reports_read_checkpoints_of_dcollapse_train(runs, tmp_path):
 
 
 def test_inline_bar_maps_log_decades_to_blocks():
-    from dcollapse.cli.report import spark
-
     assert spark([1.0, 1e-2, 1e-4, 0.0]) == "█▅▁▁"
     assert len(spark(list(np.geomspace(1, 1e-3, 100)), width=20)) == 20
     assert spark([]) == ""
