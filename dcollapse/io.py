@@ -35,6 +35,7 @@ def atomic_path(target: str | Path, *, directory: bool = False, overwrite: bool 
     except BaseException:
         _remove(tmp)
         raise
+    tmp.chmod((0o777 if directory else 0o666) & ~_umask())  # mkstemp/mkdtemp create private (0600/0700) paths
     if directory and target.exists():
         old = target.with_name(f".{target.name}.old")
         _remove(old)
@@ -43,6 +44,12 @@ def atomic_path(target: str | Path, *, directory: bool = False, overwrite: bool 
         _remove(old)
     else:
         os.replace(tmp, target)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _remove(path: Path) -> None:
