@@ -10,7 +10,9 @@ from rich.table import Table
 
 from dcollapse import checkpoint
 from dcollapse.cli.common import err, handles_errors, out, print_json, progress
+from dcollapse.cli.launch import records_rank_failures, relaunch
 from dcollapse.data.dataset import load_meta, load_split
+from dcollapse.distributed import from_env
 from dcollapse.errors import UserError
 from dcollapse.models import load_model
 from dcollapse.train import evaluate, full_config, train
@@ -50,6 +52,7 @@ def read_toml(path: Path) -> dict[str, Any]:
 
 
 def train_command(
+    ctx: typer.Context,
     data_dir: Path | None = typer.Argument(None, help="Preprocessed dataset directory (meta.json + Parquet splits)."),
     out_path: Path | None = typer.Option(None, "--out", "-o", help="Checkpoint to write (default: the --resume file)."),
     model: str | None = typer.Option(None, help="Interaction: fm | crossnet | dot. Default: fm."),
@@ -81,6 +84,12 @@ def train_command(
     config_file: Path | None = typer.Option(None, "--config", help="TOML file with any of these options."),
     resume: Path | None = typer.Option(None, help="Continue the run saved in this checkpoint."),
     save_every_epoch: bool = typer.Option(False, help="Also keep OUT.epochN.pt after every epoch."),
+    nproc: int = typer.Option(
+        1,
+        min=1,
+        help="Data-parallel processes on this machine (torch.distributed); --batch-size stays the global "
+        "batch. Same as torchrun --nproc-per-node N -m dcollapse train ...",
+    ),
 ) -> None:
     """Train a feature-interaction model; the checkpoint holds the best-by-valid-AUC weights and the history.
 
@@ -90,7 +99,7 @@ def train_command(
     """
     given = {key: value for key, value in locals().items() if value is not None}
     given.pop("save_every_epoch")
-    for key in ("data_dir", "out_path", "config_file", "resume"):
+    for key in ("ctx", "data_dir", "out_path", "config_file", "resume", "nproc"):
         given.pop(key, None)
     if isinstance(given.get("dnn"), str):
         given["dnn"] = parse_widths(given["dnn"])
@@ -110,6 +119,13 @@ def train_command(
     if data_dir is None or out_path is None:
         raise UserError("give DATA_DIR and --out (or --resume run.pt)")
     config = full_config(options)
+    if nproc > 1:
+        relaunch(ctx, nproc)
+        return
+    parallel = from_env(config["device"])  # one rank of a torchrun/--nproc run, or the only process
+    if not parallel.is_main:  # the other ranks train silently: rank 0 reports
+        train(data_dir, config, out_path, resume=previous, save_every_epoch=save_every_epoch, parallel=parallel)
+        return
 
     bar = progress(transient=True)
     with bar:
@@ -130,7 +146,7 @@ def train_command(
         try:
             result = train(
                 data_dir, config, out_path, resume=previous, save_every_epoch=save_every_epoch,
-                on_step=on_step, on_epoch=on_epoch,
+                on_step=on_step, on_epoch=on_epoch, parallel=parallel,
             )  # fmt: skip
         except KeyboardInterrupt:
             kept = f"{out_path} holds the best model so far" if out_path.exists() else "no epoch finished"
@@ -181,5 +197,5 @@ def eval_command(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("train")(handles_errors(train_command))
+    app.command("train")(handles_errors(records_rank_failures(train_command)))
     app.command("eval")(handles_errors(eval_command))

@@ -111,6 +111,36 @@ class Diverged(UserError):
     """The training loss became NaN or infinite."""
 
 
+class SingleProcess:
+    """How :func:`train` runs on one process. ``dcollapse.distributed.DataParallel`` overrides each method for the
+    ranks of a data-parallel run (``batch_size`` stays the global batch)."""
+
+    is_main = True  # the process that writes checkpoints
+
+    def wrap(self, model: CTRModel) -> torch.nn.Module:
+        """The module the training steps call."""
+        return model
+
+    def seed_epoch(self, seed: int, epoch: int) -> torch.Generator:
+        """Seed ``epoch``'s randomness; returns the shuffle generator (see :func:`seed_epoch`)."""
+        return seed_epoch(seed, epoch)
+
+    def batches(self, order: torch.Tensor, batch_size: int) -> Iterable[torch.Tensor]:
+        """This process's rows of each batch of the shuffled row indices ``order`` [N]."""
+        return order.split(batch_size)
+
+    def mean_loss(self, loss: float) -> float:
+        """The epoch's mean training loss over all processes, from this process's ``loss``."""
+        return loss
+
+    def evaluate(self, model: CTRModel, split: Split, name: str = "valid") -> dict[str, float]:
+        """:func:`evaluate` on the full split."""
+        return evaluate(model, split, name)
+
+
+ONE_PROCESS = SingleProcess()
+
+
 def train_epoch(
     model: CTRModel,
     optimizer: torch.optim.Optimizer,
@@ -120,15 +150,16 @@ def train_epoch(
     epoch: int,
     steps: int,
     on_step: Callable[[int, int, int, float], None] | None = None,
+    parallel: SingleProcess = ONE_PROCESS,
 ) -> float:
     """One pass over the training rows, chunk by chunk (one chunk = the whole split when it is in memory), each
-    chunk in a random order; ``steps`` = the number of batches, for progress. Returns the mean training loss."""
+    chunk in a random order; ``steps`` = the number of batches, for progress. Returns the mean training loss
+    (of this process's rows; ``parallel`` picks them)."""
     model.train()
     total, rows_seen, step = 0.0, 0, 0
     for chunk in chunks:
         order = torch.randperm(len(chunk), generator=generator).to(chunk.ids.device)
-        for start in range(0, len(chunk), batch_size):
-            rows = order[start : start + batch_size]
+        for rows in parallel.batches(order, batch_size):
             loss = train_step(model, optimizer, chunk.ids[rows], chunk.labels[rows])
             step += 1
             if not math.isfinite(loss):
@@ -167,10 +198,13 @@ def predict(model: CTRModel, ids: torch.Tensor, batch_size: int = EVAL_BATCH) ->
 
 def evaluate(model: CTRModel, split: Split, name: str = "valid") -> dict[str, float]:
     """{"auc", "logloss", "rows"} of ``model`` on ``split`` (scikit-learn's metrics)."""
-    labels = split.labels.cpu().numpy()
+    return scores(split.labels.cpu().numpy(), predict(model, split.ids), name)
+
+
+def scores(labels: np.ndarray, probs: np.ndarray, name: str = "valid") -> dict[str, float]:
+    """{"auc", "logloss", "rows"} of click probabilities ``probs`` [N] against ``labels`` [N]."""
     if len(np.unique(labels)) < 2:
         raise UserError(f"{name} split: AUC needs both clicks and non-clicks, found only label {labels[:1]}")
-    probs = predict(model, split.ids)
     return {"auc": float(roc_auc_score(labels, probs)), "logloss": float(log_loss(labels, probs)), "rows": len(labels)}
 
 
@@ -221,12 +255,15 @@ def train(
     save_every_epoch: bool = False,
     on_step: Callable[[int, int, int, float], None] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    parallel: SingleProcess = ONE_PROCESS,
 ) -> dict[str, Any]:
     """Train, checkpointing to ``out`` after every epoch; returns the final checkpoint dict.
 
     ``resume``: a checkpoint dict from an earlier run of the same config and data; training continues after its
     last completed epoch. ``on_step(epoch, step, steps, loss)`` and ``on_epoch(history_entry)`` report progress.
     A KeyboardInterrupt leaves the checkpoint of the last completed epoch (best weights so far) in ``out``.
+    ``parallel``: this process's rank in a data-parallel run (``dcollapse.distributed.from_env``); only the main
+    rank writes checkpoints.
     """
     config, out, data_dir = full_config(config), Path(out), Path(data_dir).resolve()
     device = pick_device(config["device"])
@@ -264,6 +301,7 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         progress = Progress(**state["progress"])
         history, best_state = list(resume["history"]), resume["state_dict"]
+    trainer = parallel.wrap(model)
 
     def make_checkpoint(test: dict[str, float] | None = None) -> dict[str, Any]:
         return {
@@ -286,15 +324,18 @@ def train(
         if config["patience"] and progress.bad_epochs >= int(config["patience"]):
             break
         start = time.perf_counter()
-        generator = seed_epoch(int(config["seed"]), epoch)
+        generator = parallel.seed_epoch(int(config["seed"]), epoch)
         chunks = parquet_chunks(data_dir, meta, chunk_rows, generator, device) if chunk_rows else [splits["train"]]
         try:
-            train_loss = train_epoch(model, optimizer, chunks, batch_size, generator, epoch, steps, on_step)
+            loss = train_epoch(
+                trainer, optimizer, chunks, batch_size, generator, epoch, steps, on_step, parallel=parallel
+            )
+            train_loss = parallel.mean_loss(loss)
         except Diverged as exc:
             kept = f"{out} keeps epoch {progress.epoch}" if progress.epoch else "no checkpoint was written"
             raise Diverged(f"{exc} ({kept})") from None
         train_seconds = time.perf_counter() - start
-        valid = evaluate(model, splits["valid"])
+        valid = parallel.evaluate(model, splits["valid"])
         collapse = collapse_snapshot(model, snapshot_ids)
         entry = {
             "epoch": epoch,
@@ -313,8 +354,9 @@ def train(
             best_state = cpu_state(model)
         else:
             progress.bad_epochs += 1
-        checkpoint.save(out, make_checkpoint())
-        if save_every_epoch:
+        if parallel.is_main:
+            checkpoint.save(out, make_checkpoint())
+        if save_every_epoch and parallel.is_main:
             snapshot = {**make_checkpoint(), "state_dict": cpu_state(model), "epoch": epoch}
             del snapshot["resume"]
             checkpoint.save(epoch_path(out, epoch), snapshot)
@@ -326,8 +368,9 @@ def train(
     if "test" in splits:
         best = build_model(config, meta).to(device)
         best.load_state_dict(best_state)
-        test = evaluate(best, splits["test"], "test")
+        test = parallel.evaluate(best, splits["test"], "test")
         test = {"auc": test["auc"], "logloss": test["logloss"]}
     final = make_checkpoint(test)
-    checkpoint.save(out, final)
+    if parallel.is_main:
+        checkpoint.save(out, final)
     return final
