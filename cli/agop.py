@@ -11,6 +11,7 @@ import torch
 import typer
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from dcollapse import plots
 from dcollapse.cli.common import err, handles_errors, out, print_json
@@ -53,6 +54,7 @@ def line_plot(
         ax.plot(x, y, marker="o", markersize=3, linewidth=1.6, label=label)
     if log:
         ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.25)
