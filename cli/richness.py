@@ -126,7 +126,7 @@ def richness_command(
                 ks,
                 torch.cumsum(torch.tensor(s["relative_eigenvalues"]), 0).tolist(),
             )
-            title = f"{checkpoints[0].name}: eigen-features of the last hidden layer (centred D_LR {doc['d_lr_centered']:.3f})"
+            title = f"{checkpoints[0].name}: last hidden layer, centred D_LR {doc['d_lr_centered']:.3f}"
             line_plot(series, plot, title, "top-k eigen-features", "cumulative share", log=False)
     else:
         docs.sort(key=lambda d: (d["epoch"] is None, d["epoch"] or 0))
