@@ -12,19 +12,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
-from dcollapse.hierarchy.curve import learning_curve
-from dcollapse.hierarchy.generator import sample, sample_grammar, save_data
+from dcollapse.hierarchy.curve import crossing, learning_curve
+from dcollapse.hierarchy.generator import predicted_sample_complexity, sample, sample_grammar, save_data
 from dcollapse.hierarchy.sensitivity import measure
 from dcollapse.hierarchy.train import TrainConfig, build_model
 
-DEFAULT_SIZES = {0: "50,100,200,400,800", 1: "100,300,1000,3000", 2: "300,1000,3000,6000"}
+DEFAULT_SIZES = {0: "50,100,200,300,400,600,800", 1: "100,300,600,1000,3000,6000", 2: "300,1000,2000,3000,6000"}
 
 
 def main() -> None:
@@ -37,7 +38,9 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=0.2)
-    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--epochs", type=int, default=40, help="minimum epochs per run")
+    ap.add_argument("--min-steps", type=int, default=3000, help="raise the epochs of small P to this many SGD steps")
+    ap.add_argument("--max-epochs", type=int, default=400)
     ap.add_argument("--test-size", type=int, default=400)
     ap.add_argument("--sizes", action="append", default=[], help="S0:P1,P2,... (overrides the default grid)")
     ap.add_argument("--samples", type=int, default=300, help="samples for the sensitivity measure")
@@ -69,8 +72,18 @@ def main() -> None:
                     flush=True,
                 )
 
-            points, summary = learning_curve(Path(tmp) / "data", config, sizes, args.samples, on_point=show)
-        summary["seconds"] = time.perf_counter() - start
+            points = []
+            for size in sizes:  # small P gets more epochs: every run makes at least --min-steps SGD steps
+                epochs = min(args.max_epochs, max(args.epochs, math.ceil(args.min_steps * args.batch_size / size)))
+                sized = replace(config, epochs=epochs)
+                points += learning_curve(Path(tmp) / "data", sized, [size], args.samples, on_point=show)[0]
+        summary = {
+            "arch": args.arch,
+            "s0": s0,
+            "p_star": crossing([p.train_size for p in points], [p.test_error for p in points]),
+            "predicted": predicted_sample_complexity(grammar, args.arch),
+            "seconds": time.perf_counter() - start,
+        }
         summary["test_size"] = config.test_size
         report["runs"].append({**summary, "init": asdict(init), "points": [asdict(p) for p in points]})
         print(f"s0={s0}: measured P* {summary['p_star']}, predicted (no prefactor) {summary['predicted']}", flush=True)

@@ -390,3 +390,13 @@ def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path):
     res = runner.invoke(app, ["hierarchy", "train", str(tmp_path), "--out", str(tmp_path / "r.pt")])
     assert res.exit_code == 2 and not (tmp_path / "r.pt").exists()
     assert list(tmp_path.iterdir()) == [bogus]
+
+
+def test_registered_in_the_dcollapse_app(tmp_path):
+    from dcollapse.cli.app import app
+
+    out_dir = tmp_path / "d"
+    res = CliRunner().invoke(app, ["synth", "srhm", "--samples", "50", "--out", str(out_dir), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["samples"] == 50 and (out_dir / "hierarchy.json").is_file()
+    assert CliRunner().invoke(app, ["hierarchy", "check", str(out_dir)]).exit_code == 0
