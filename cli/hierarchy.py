@@ -153,7 +153,7 @@ def train_command(
 ) -> None:
     """Train a hierarchical CNN or LCN with SGD + cross-entropy until the train loss is below the threshold.
 
-    Ctrl-C stops after the current step and still writes the checkpoint (marked "interrupted").
+    Ctrl-C stops training and still writes the checkpoint (marked "interrupted"), then exits 130.
 
     Example: dcollapse hierarchy train data/srhm --arch cnn --width 256 --train-size 3000 --out runs/srhm-cnn.pt
     """

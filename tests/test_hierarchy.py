@@ -327,6 +327,15 @@ def test_training_is_deterministic_given_the_seed(tiny_data):
     assert not torch.equal(a["state_dict"]["beta"], c["state_dict"]["beta"])
 
 
+def test_ctrl_c_returns_the_run_so_far(tiny_data):
+    def interrupt(entry):
+        if entry["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    ckpt = train(TrainConfig(width=8, train_size=40, test_size=20, epochs=5, batch_size=8), tiny_data, interrupt)
+    assert ckpt["stopped"] == "interrupted" and [e["epoch"] for e in ckpt["history"]] == [1, 2]
+
+
 def test_training_rejects_bad_sizes(tiny_data):
     with pytest.raises(UserError, match="exceeds"):
         train(TrainConfig(train_size=70, test_size=20), tiny_data)

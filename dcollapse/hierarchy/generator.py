@@ -265,7 +265,7 @@ def parse(grammar: Grammar, symbols: np.ndarray) -> Parse:
 
 def _inverse_rules(table: np.ndarray, v: int) -> tuple[np.ndarray, np.ndarray]:
     """Lookup tables tuple key (base-v number) -> (parent symbol, rule index); -1 where the tuple is no rule."""
-    upper, m, s = table.shape
+    _, m, s = table.shape
     parent = np.full(v**s, -1, dtype=np.int64)
     rule = np.full(v**s, -1, dtype=np.int64)
     rows = np.flatnonzero((table >= 0).all(axis=(1, 2)))

@@ -109,7 +109,7 @@ def train(
     """Train on the first ``train_size`` samples of ``data_dir``, test on its last ``test_size``.
 
     Returns the checkpoint dict (without format/version; pass it to :func:`dcollapse.checkpoint.save`).
-    Ctrl-C stops after the current step and returns what was trained so far with ``stopped = "interrupted"``.
+    Ctrl-C stops training and returns the weights as they are, with ``stopped = "interrupted"``.
     """
     meta, grammar, symbols, labels = load_data(data_dir)
     config.validate(len(labels))
