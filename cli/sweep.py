@@ -13,6 +13,7 @@ from dcollapse import sweep
 from dcollapse.cli.common import err, handles_errors, out, print_json, progress
 from dcollapse.cli.report import compare, report_table
 from dcollapse.cli.train import parse_widths
+from dcollapse.data.dataset import load_meta
 from dcollapse.errors import CheckFailed
 
 
@@ -55,6 +56,7 @@ def sweep_command(
         if value is not None
     }
     specs = sweep.plan(sweep.load_grid(grid), seeds, overrides)
+    load_meta(data_dir)  # a bad dataset directory is reported before the progress bar starts
     if threads is not None:
         torch.set_num_threads(threads)
 
