@@ -19,12 +19,14 @@ the layers become SyncBatchNorm); a last batch of an epoch (or chunk) with fewer
 """
 
 import os
+import signal
 import uuid
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ErrorHandler, ProcessFailure
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 from torch.nn.parallel import DistributedDataParallel
@@ -103,6 +105,8 @@ def from_env(device: str = "auto") -> SingleProcess:
     a :class:`DataParallel` rank in a freshly initialised process group (nccl on CUDA, gloo on CPU).
 
     ``device``: cpu | cuda | auto, as the training config; on CUDA, rank with ``LOCAL_RANK`` k uses GPU k.
+    A launcher stops the other ranks with SIGTERM when one fails: the rank then exits through Python, so a
+    checkpoint being written is dropped whole (its temporary file removed) and the previous one stays.
     """
     world = world_size()
     if world == 1:
@@ -113,7 +117,12 @@ def from_env(device: str = "auto") -> SingleProcess:
         torch.cuda.set_device(target)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if target.type == "cuda" else "gloo")
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     return DataParallel(dist.get_rank(), world, target)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 class RanksFailed(Exception):
@@ -127,7 +136,8 @@ class RanksFailed(Exception):
 def launch(nproc: int, command: list[str]) -> None:
     """Run ``command`` (program and arguments) as ``nproc`` ranks on this machine with torch.distributed's elastic
     launcher, as ``torchrun --standalone --nproc-per-node nproc`` does. Each rank gets ``OMP_NUM_THREADS`` = cores
-    / nproc unless it is set. Raises :class:`RanksFailed` naming the rank whose failure stopped the run."""
+    / nproc unless it is set. Raises :class:`RanksFailed` naming the rank whose failure stopped the run, and
+    KeyboardInterrupt on Ctrl-C (the ranks get it too and stop)."""
     config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
@@ -149,6 +159,10 @@ def launch(nproc: int, command: list[str]) -> None:
             "the other ranks were stopped",
             failure.exitcode if failure.exitcode > 0 else 1,
         ) from None
+    except SignalException as exc:
+        if exc.sigval == signal.SIGINT:
+            raise KeyboardInterrupt from None
+        raise RanksFailed(f"stopped by {exc.sigval.name}; the ranks were stopped", 128 + exc.sigval) from None
     finally:
         if not threads_set:
             del os.environ["OMP_NUM_THREADS"]
