@@ -229,6 +229,7 @@ def test_two_phase_detector():
     assert falling.boundary_epoch == 3 and not falling.two_phase
     with pytest.raises(UserError):
         H.detect_two_phase([1], [_dist_with_high_mass(n, 0.5)], from_order=11)
+    assert [H.default_high_order(k) for k in (1, 2, 3, 9, 12)] == [1, 2, 2, 4, 6]
 
 
 def test_loss_gap_onset():

@@ -362,8 +362,8 @@ def top_interactions(result: AndOr, k: int = 10, fraction: float = SALIENT_FRACT
 
 
 def default_high_order(n: int) -> int:
-    """m0: the lowest order counted as mid/high order (about n / 2, at least 2)."""
-    return max(2, n // 2)
+    """m0: the lowest order counted as mid/high order (about n / 2, at least 2, at most n)."""
+    return min(n, max(2, n // 2))
 
 
 @dataclass
