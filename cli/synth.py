@@ -29,7 +29,7 @@ def ctr_command(
     fields: int = typer.Option(12, "--fields", help="Number of categorical fields."),
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed = same planted model and data)."),
     vocab: int | None = typer.Option(
-        None, "--vocab", help="Values per field (default: spread geometrically from 10 to 1000)."
+        None, "--vocab", help="Values per field (default: spread geometrically from 5 to 200)."
     ),
     zipf: float = typer.Option(1.1, "--zipf", help="Zipf exponent of the value frequencies."),
     rank: int = typer.Option(4, "--rank", help="Rank of the planted interaction embeddings."),

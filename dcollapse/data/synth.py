@@ -59,8 +59,8 @@ def field_names(fields: int) -> list[str]:
 
 
 def default_vocab_sizes(fields: int) -> list[int]:
-    """Vocabulary sizes spread geometrically from 10 to 1000 over the fields (a mix of small and large fields)."""
-    return [int(round(v)) for v in np.geomspace(10, 1000, fields)]
+    """Vocabulary sizes spread geometrically from 5 to 200 over the fields (small and larger fields)."""
+    return [int(round(v)) for v in np.geomspace(5, 200, fields)]
 
 
 def make_ctr(
