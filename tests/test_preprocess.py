@@ -266,6 +266,12 @@ def test_bad_rows_skip_counts_them(tmp_path):
         (lambda d: (d / "b.txt").write_bytes(b"\xff\xfe\x00\x80\n"), ["b.txt", "--format", "criteo"],
          "b.txt: cannot read"),
         (lambda d: (d / "t.txt").write_text(criteo_row() + "\n"), ["t.txt", "--format", "xml"], "--format must be"),
+        (lambda d: (d / "t.txt").write_text(criteo_row() + "\n"), ["t.txt", "--format", "criteo", "--seed", "-1"],
+         "--seed must be >= 0"),
+        (lambda d: (d / "t.txt").write_text(criteo_row() + "\n"), ["t.txt", "--format", "criteo", "--bad-rows", "x"],
+         "--bad-rows must be"),
+        (lambda d: (d / "t.txt").write_text(criteo_row() + "\n"), ["t.txt", "--apply", "t.txt"],
+         "not a dataset written by"),
     ],
 )  # fmt: skip
 def test_bad_input_one_line_exit_2(tmp_path, monkeypatch, setup, args, message):

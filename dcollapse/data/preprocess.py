@@ -240,6 +240,8 @@ def _validated(options: Options) -> Options:
         raise UserError(f"--format must be one of {', '.join(FORMATS)} (got {opts.format!r})")
     if opts.bad_rows not in ("error", "skip"):
         raise UserError(f"--bad-rows must be 'error' or 'skip' (got {opts.bad_rows!r})")
+    if opts.seed < 0:
+        raise UserError(f"--seed must be >= 0 (got {opts.seed})")
     if opts.min_count < 1:
         raise UserError(f"--min-count must be >= 1 (got {opts.min_count})")
     if not (0 <= opts.valid_frac < 1 and 0 <= opts.test_frac < 1 and opts.valid_frac + opts.test_frac < 1):
