@@ -18,8 +18,11 @@ the layers become SyncBatchNorm); a last batch of an epoch (or chunk) with fewer
 (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``).
 """
 
+import json
 import os
 import signal
+import time
+import traceback
 import uuid
 from collections.abc import Iterator
 
@@ -27,7 +30,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing import SignalException
-from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ErrorHandler, ProcessFailure
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 from torch.nn.parallel import DistributedDataParallel
 
@@ -169,10 +172,12 @@ def launch(nproc: int, command: list[str]) -> None:
 
 
 def root_cause(failures: dict[int, ProcessFailure]) -> tuple[int, ProcessFailure]:
-    """The failure that stopped the run: the earliest one a rank recorded (see :func:`record_failure`), else the
-    earliest. Ranks that lost their peers fail too, but record nothing."""
+    """The failure that stopped the run: the earliest a rank recorded (see :func:`record_failure`), else the
+    earliest. A rank that lost its peers fails after them, and records nothing when torch says so (DistError)."""
     recorded = {rank: f for rank, f in failures.items() if isinstance(f.message, dict)}
-    return min((recorded or failures).items(), key=lambda item: (item[1].timestamp, item[0]))
+    if recorded:
+        return min(recorded.items(), key=lambda item: (int(item[1].message["extraInfo"].get("time_ns", 0)), item[0]))
+    return min(failures.items(), key=lambda item: (item[1].timestamp, item[0]))
 
 
 def failure_message(failure: ProcessFailure) -> str:
@@ -185,7 +190,13 @@ def failure_message(failure: ProcessFailure) -> str:
 
 
 def record_failure(exc: BaseException) -> None:
-    """Write ``exc`` where the elastic launcher looks for a rank's error (``TORCHELASTIC_ERROR_FILE``), unless it
-    is a communication error (a rank that lost its peers is not the cause). No-op outside a launched run."""
-    if "TORCHELASTIC_ERROR_FILE" in os.environ and not isinstance(exc, dist.DistError):
-        ErrorHandler().record_exception(exc)
+    """Write ``exc`` where the elastic launcher looks for a rank's error (``TORCHELASTIC_ERROR_FILE``, in the format
+    of torch's ``ErrorHandler`` plus the time in ns, so the first failure is told from the ranks that lost their
+    peers after it), unless torch calls it a communication error. No-op outside a launched run."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if path is None or isinstance(exc, dist.DistError):
+        return
+    now = time.time_ns()
+    info = {"py_callstack": traceback.format_exc(), "timestamp": str(now // 10**9), "time_ns": str(now)}
+    with open(path, "w") as file:
+        json.dump({"message": {"message": f"{type(exc).__name__}: {exc}", "extraInfo": info}}, file)

@@ -6,13 +6,15 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 from typer.testing import CliRunner
 
 import dcollapse.train as training
 from dcollapse import checkpoint
 from dcollapse.cli.app import app
 from dcollapse.data.synth import write_ctr_dataset
-from dcollapse.distributed import RanksFailed, launch
+from dcollapse.distributed import RanksFailed, failure_message, launch, record_failure, root_cause
 
 runner = CliRunner()
 # 2400 train rows: 9 batches of 255 (odd: the ranks get 128 and 127 rows) and a last batch of 105 (53 and 52)
@@ -75,3 +77,18 @@ def test_nproc_under_torchrun_is_a_usage_error(data, tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     result = runner.invoke(app, ["train", str(data), "--out", str(tmp_path / "x.pt"), "--nproc", "2"])
     assert result.exit_code == 2 and "torchrun" in result.output
+
+
+def test_root_cause_is_the_first_recorded_failure_not_a_rank_that_lost_its_peers(tmp_path, monkeypatch):
+    files = {rank: tmp_path / f"error{rank}.json" for rank in range(4)}
+    errors = [(1, RuntimeError("disk full")), (0, RuntimeError("Connection closed by peer")),
+              (3, dist.DistBackendError("lost peer"))]  # fmt: skip
+    for rank, error in errors:  # in this order, within the same second
+        monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(files[rank]))
+        record_failure(error)
+    assert not files[3].exists()  # torch's communication errors are not recorded
+    failures = {rank: ProcessFailure(rank, 100 + rank, 1, str(files[rank])) for rank in (0, 1, 3)}
+    failures[2] = ProcessFailure(2, 102, -15, str(files[2]))
+    rank, failure = root_cause(failures)
+    assert rank == 1 and failure_message(failure) == "RuntimeError: disk full"
+    assert failure_message(failures[2]) == "killed by signal SIGTERM"
