@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 import dcollapse.train as training
 from dcollapse import checkpoint
 from dcollapse.cli.app import app
+from dcollapse.data.dataset import load_meta
 from dcollapse.data.synth import write_ctr_dataset
 from dcollapse.distributed import RanksFailed, failure_message, launch, record_failure, root_cause
 
@@ -28,6 +29,7 @@ FLAGS += ["--lr", "0.01", "--epochs", "3", "--patience", "0"]
 def data(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("synth") / "d"
     write_ctr_dataset(directory, 3000, 5, 0)
+    assert load_meta(directory)["splits"]["train"]["rows"] == 2400  # the uneven shards above
     return directory
 
 
