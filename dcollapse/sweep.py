@@ -395,7 +395,9 @@ def dnn_label(config: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
-SUMMARY_COLUMNS = ("run", "DNN", "seeds", "AUC", "logloss", "RankMe", "Δ RankMe vs base", "Δ AUC vs base", "mean IA")
+SUMMARY_COLUMNS = (
+    "run", "DNN", "seeds", "AUC", "logloss", "RankMe", "Δ RankMe vs base", "Δ AUC vs base", "mean IA", "best epoch"
+)  # fmt: skip
 
 
 def summary_cells(row: Mapping[str, Any]) -> list[str]:
@@ -411,6 +413,7 @@ def summary_cells(row: Mapping[str, Any]) -> list[str]:
         pm(row["rankme_change"], ".1f", percent=True),
         pm(row["auc_change"], "+.4f"),
         pm(row["mean_ia"], ".2f"),
+        pm(row["best_epoch"], ".1f"),
     ]
 
 
