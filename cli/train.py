@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,6 @@ from dcollapse.distributed import from_env
 from dcollapse.errors import UserError
 from dcollapse.models import load_model
 from dcollapse.train import evaluate, full_config, train
-
-try:
-    import tomllib
-except ImportError:  # Python 3.10
-    tomllib = None
 
 RESUMABLE = ("epochs", "patience", "device")  # what may change when a run is resumed
 
@@ -37,8 +33,6 @@ def parse_widths(text: str) -> list[int]:
 
 def read_toml(path: Path) -> dict[str, Any]:
     """Options from a TOML file (keys as the long option names, dashes or underscores)."""
-    if tomllib is None:
-        raise UserError("--config needs Python 3.11 or newer (tomllib)")
     try:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
@@ -48,7 +42,14 @@ def read_toml(path: Path) -> dict[str, Any]:
     options = {key.replace("-", "_"): value for key, value in raw.items()}
     if isinstance(options.get("dnn"), str):
         options["dnn"] = parse_widths(options["dnn"])
+    if isinstance(options.get("track"), str):
+        options["track"] = parse_names(options["track"])
     return options
+
+
+def parse_names(text: str) -> list[str]:
+    """``"richness"`` or ``"a,b"`` -> ["a", "b"] (``""`` -> [])."""
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def train_command(
@@ -84,6 +85,9 @@ def train_command(
     config_file: Path | None = typer.Option(None, "--config", help="TOML file with any of these options."),
     resume: Path | None = typer.Option(None, help="Continue the run saved in this checkpoint."),
     save_every_epoch: bool = typer.Option(False, help="Also keep OUT.epochN.pt after every epoch."),
+    track: str | None = typer.Option(
+        None, help="Extra per-epoch diagnostics in the history, comma-separated: richness (D_LR and NC1)."
+    ),
     nproc: int = typer.Option(
         1,
         min=1,
@@ -103,6 +107,8 @@ def train_command(
         given.pop(key, None)
     if isinstance(given.get("dnn"), str):
         given["dnn"] = parse_widths(given["dnn"])
+    if isinstance(given.get("track"), str):
+        given["track"] = parse_names(given["track"])
     options = {**(read_toml(config_file) if config_file else {}), **given}
 
     previous = None
@@ -135,9 +141,10 @@ def train_command(
             bar.update(task, description=f"epoch {epoch}", completed=step, total=steps, status=f"loss {loss:.4f}")
 
         def on_epoch(e: dict[str, Any]) -> None:
+            richness = f"  D_LR {e['d_lr_centered']:.3f}" if "d_lr_centered" in e else ""
             bar.console.print(
                 f"epoch {e['epoch']}  loss {e['train_loss']:.4f}  valid AUC {e['valid_auc']:.4f}  "
-                f"logloss {e['valid_logloss']:.4f}  RankMe {e['rankme']:.1f}  IA {e['mean_ia']:.2f}  "
+                f"logloss {e['valid_logloss']:.4f}  RankMe {e['rankme']:.1f}  IA {e['mean_ia']:.2f}{richness}  "
                 f"{e['samples_per_s']:,.0f}/s  {e['seconds']:.1f}s",
                 highlight=False,
                 soft_wrap=True,

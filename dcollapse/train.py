@@ -30,6 +30,7 @@ from torch.nn import functional
 
 from dcollapse import checkpoint
 from dcollapse.data.dataset import Split, load_meta, load_split
+from dcollapse.diagnostics.richness import richness_snapshot
 from dcollapse.errors import UserError
 from dcollapse.metrics.spectrum import field_singular_values, information_abundance, rankme, singular_values
 from dcollapse.models import CTRModel, build_model, model_config
@@ -45,7 +46,9 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "device": "auto",
     "snapshot_rows": 50_000,  # rows of the fixed validation batch for RankMe
     "chunk_rows": 0,  # > 0: stream the train split from Parquet in chunks of this many rows (larger than memory)
+    "track": [],  # extra per-epoch diagnostics on the snapshot batch: "richness" (D_LR, NC1 of the last hidden layer)
 }
+TRACKABLE = ("richness",)
 OPTIMIZERS = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
 SNAPSHOT_SEED = 0  # the collapse-snapshot batch is the same for every run on a dataset, whatever --seed
 EVAL_BATCH = 65_536
@@ -68,6 +71,9 @@ def full_config(config: dict[str, Any]) -> dict[str, Any]:
             raise UserError(f"{key} must be >= 1, not {c[key]}")
     if float(c["lr"]) <= 0 or float(c["l2_emb"]) < 0 or int(c["patience"]) < 0:
         raise UserError("need lr > 0, l2_emb >= 0 and patience >= 0")
+    c["track"] = list(c["track"])
+    if set(c["track"]) - set(TRACKABLE):
+        raise UserError(f"track: can follow {', '.join(TRACKABLE)} per epoch, not {', '.join(c['track'])}")
     return c
 
 
@@ -218,12 +224,22 @@ def collapse_snapshot(model: CTRModel, ids: torch.Tensor) -> dict[str, Any]:
     return {"rankme": rankme(singular_values(Z)), "field_ia": field_ia, "mean_ia": float(np.mean(field_ia))}
 
 
-def snapshot_rows(valid: Split, rows: int) -> torch.Tensor:
-    """The fixed validation batch: up to ``rows`` rows drawn with a constant seed, ids [B, F]."""
+def snapshot_rows(valid: Split, rows: int) -> Split:
+    """The fixed validation batch: up to ``rows`` rows drawn with a constant seed (ids [B, F], labels [B])."""
     if len(valid) <= rows:
-        return valid.ids
+        return valid
     pick = torch.randperm(len(valid), generator=torch.Generator().manual_seed(SNAPSHOT_SEED))[:rows]
-    return valid.ids[pick.to(valid.ids.device)]
+    pick = pick.to(valid.ids.device)
+    return Split(valid.ids[pick], valid.labels[pick])
+
+
+def tracked_snapshot(model: CTRModel, batch: Split, track: list[str]) -> dict[str, Any]:
+    """The extra per-epoch diagnostics named in ``track`` on the snapshot batch (see ``TRACKABLE``)."""
+    if "richness" not in track:
+        return {}
+    with torch.no_grad():
+        E = torch.cat([model.embed(batch.ids[i : i + EVAL_BATCH]) for i in range(0, len(batch), EVAL_BATCH)])
+    return richness_snapshot(model, E, batch.labels)
 
 
 def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -288,7 +304,7 @@ def train(
     else:
         sizes = [train_rows]
     steps = sum(math.ceil(size / batch_size) for size in sizes)
-    snapshot_ids = snapshot_rows(splits["valid"], int(config["snapshot_rows"]))
+    probe = snapshot_rows(splits["valid"], int(config["snapshot_rows"]))
 
     # Model and optimizer (restored to the end of the last completed epoch when resuming).
     torch.manual_seed(int(config["seed"]))
@@ -336,7 +352,7 @@ def train(
             raise Diverged(f"{exc} ({kept})") from None
         train_seconds = time.perf_counter() - start
         valid = parallel.evaluate(model, splits["valid"])
-        collapse = collapse_snapshot(model, snapshot_ids)
+        collapse = collapse_snapshot(model, probe.ids) | tracked_snapshot(model, probe, config["track"])
         entry = {
             "epoch": epoch,
             "train_loss": train_loss,

@@ -267,3 +267,18 @@ def test_training_without_valid_split_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="valid split"):
         training.train(tmp_path / "d", SMALL, tmp_path / "x.pt")
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_track_richness_adds_bounded_d_lr_per_epoch(tiny, tmp_path):
+    out = tmp_path / "rich.pt"
+    args = ["train", str(tiny), "--epochs", "2", "--emb-dim", "4", "--dnn", "16", "--arch", "parallel"]
+    result = runner.invoke(app, [*args, "--track", "richness", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    history = checkpoint.load(out)["history"]
+    assert len(history) == 2
+    for entry in history:
+        assert 0.0 <= entry["d_lr"] <= 1.0 and 0.0 <= entry["d_lr_centered"] <= 1.0
+        assert 0.0 < entry["nc1_bounded"] < 1.0
+    bad = runner.invoke(app, [*args, "--track", "grokking", "--out", str(tmp_path / "bad.pt")])
+    assert bad.exit_code == 2 and "track" in bad.output
+    assert not (tmp_path / "bad.pt").exists()
