@@ -350,6 +350,7 @@ def compare_row(run: Run, batches: dict[Path, torch.Tensor], split: str, batch: 
         "backbone": config.get("model"),
         "arch": config.get("arch"),
         "variant": VARIANTS.get(config.get("arch"), config.get("arch")),
+        "seed": config.get("seed"),
         "model": model_summary(config),
         "dataset": dataset_summary(run),
         "auc": test["auc"] if test else best.get("valid_auc"),
@@ -373,12 +374,12 @@ def compare_row(run: Run, batches: dict[Path, torch.Tensor], split: str, batch: 
 def add_base_changes(rows: list[dict[str, Any]]) -> None:
     """Relative RankMe change of each row against the base (arch none) run of its backbone and dataset.
 
-    A base with the same embedding width is preferred; rows without a base get None.
+    A base with the same embedding width, then with the same seed, is preferred; rows without a base get None.
     """
     for row in rows:
         same = ("backbone", "dataset_label")
         bases = [b for b in rows if b["arch"] == "none" and all(b[k] == row[k] for k in same)]
-        bases.sort(key=lambda b: b["model"]["emb_dim"] != row["model"]["emb_dim"])
+        bases.sort(key=lambda b: (b["model"]["emb_dim"] != row["model"]["emb_dim"], b["seed"] != row["seed"]))
         base = bases[0] if bases and row["arch"] != "none" else None
         ok = base is not None and base["rankme"] and row["rankme"] is not None
         row["base"] = base["checkpoint"] if base else None

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from dcollapse import checkpoint
 from dcollapse.cli.app import app
-from dcollapse.cli.report import spark
+from dcollapse.cli.report import add_base_changes, spark
 from dcollapse.data.dataset import load_split
 from dcollapse.metrics.collapse import embedding_gradients
 from dcollapse.models import load_model
@@ -235,3 +235,14 @@ def test_inline_bar_maps_log_decades_to_blocks():
     assert spark([1.0, 1e-2, 1e-4, 0.0]) == "█▅▁▁"
     assert len(spark(list(np.geomspace(1, 1e-3, 100)), width=20)) == 20
     assert spark([]) == ""
+
+
+def test_base_of_a_seeded_run_is_the_base_with_the_same_seed():
+    def row(arch: str, seed: int, rankme: float) -> dict:
+        return {"checkpoint": f"{arch}{seed}", "backbone": "fm", "dataset_label": "A", "arch": arch,
+                "seed": seed, "model": {"emb_dim": 8}, "rankme": rankme}  # fmt: skip
+
+    rows = [row("none", 0, 10.0), row("none", 1, 20.0), row("parallel", 1, 30.0), row("parallel", 0, 30.0)]
+    add_base_changes(rows)
+    assert rows[2]["base"] == "none1" and rows[2]["rankme_change_vs_base"] == pytest.approx(0.5)
+    assert rows[3]["base"] == "none0" and rows[3]["rankme_change_vs_base"] == pytest.approx(2.0)
