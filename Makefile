@@ -16,14 +16,18 @@ install: $(BIN)/python
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q $(TORCH_SPEC)
 	$(BIN)/pip install -q -e ".[dev]"
 
+# The demo's model settings are the ones docs/results.md uses for small data (the paper's, scaled down).
+DEMO_TRAIN := --model fm --epochs 4 --emb-dim 10 --dnn 200,200,200 --dropout 0.1 --batch-size 256
+
 demo: install
 	rm -rf $(DEMO)
 	$(BIN)/dcollapse synth ctr --out $(DEMO)/raw.csv --rows 60000 --fields 12 --seed 0
 	$(BIN)/dcollapse preprocess $(DEMO)/raw.csv --format csv --label label --out $(DEMO)/data
-	$(BIN)/dcollapse train $(DEMO)/data --model fm --arch none --epochs 4 --out $(DEMO)/fm.pt
-	$(BIN)/dcollapse train $(DEMO)/data --model fm --arch parallel --epochs 4 --out $(DEMO)/deepfm.pt
+	$(BIN)/dcollapse train $(DEMO)/data $(DEMO_TRAIN) --arch none --out $(DEMO)/fm.pt
+	$(BIN)/dcollapse train $(DEMO)/data $(DEMO_TRAIN) --arch parallel --out $(DEMO)/deepfm.pt
+	$(BIN)/dcollapse train $(DEMO)/data $(DEMO_TRAIN) --arch stacked --out $(DEMO)/nfm.pt
 	$(BIN)/dcollapse spectrum $(DEMO)/deepfm.pt
-	$(BIN)/dcollapse compare $(DEMO)/fm.pt $(DEMO)/deepfm.pt
+	$(BIN)/dcollapse compare $(DEMO)/fm.pt $(DEMO)/deepfm.pt $(DEMO)/nfm.pt --plot $(DEMO)/spectra.png
 
 lint: install
 	$(BIN)/ruff check .
