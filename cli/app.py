@@ -33,7 +33,7 @@ def _root(
 
 # One module per subcommand (group), each with ``register(app)``; the order here is the order in --help.
 COMMAND_MODULES: tuple[str, ...] = (
-    "preprocess", "synth", "report", "train", "interactions", "agop", "richness", "sweep", "hierarchy",
+    "preprocess", "synth", "train", "report", "sweep", "agop", "richness", "interactions", "hierarchy",
 )  # fmt: skip
 
 
