@@ -14,8 +14,7 @@ import triton
 import triton.language as tl
 
 from dcollapse.kernels.dispatch import check_dot_blocks, dot_block, use_triton
-from dcollapse.kernels.lookup import _field_rows, lookup, table_rows
-from dcollapse.kernels.scatter import scatter_rows
+from dcollapse.kernels.lookup import _field_rows, field_op, lookup
 
 
 def pair_indices(num_fields: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,39 +110,13 @@ def _launch(kernel, src, ids, offsets, B, F, *tensors, gather: bool):
     d = src.shape[1]
     f_pad, block_d = dot_block(F), dot_block(d, cap=64)
     check_dot_blocks(f_pad, block_d)
-    block_b = max(
-        1, 2048 // (f_pad * f_pad)
-    )  # keeps the [BLOCK_B, F_PAD, F_PAD] tile at <= 2048 values (or one sample)
+    block_b = max(1, 2048 // (f_pad * f_pad))  # keeps the [BLOCK_B, F_PAD, F_PAD] tile at <= 2048 values
     grid = (triton.cdiv(B, block_b),)
     P = F * (F - 1) // 2
     kernel[grid](src, ids, offsets, *tensors, B, F, d, P, GATHER=gather, BLOCK_B=block_b, F_PAD=f_pad, BLOCK_D=block_d)
 
 
-class _PairwiseDot(torch.autograd.Function):
-    """[B, P] from ``src`` = table [V, d] with ids/offsets (gather), or E [B, F, d] with ids/offsets None."""
-
-    @staticmethod
-    def forward(ctx, src, ids, offsets):
-        gather = ids is not None
-        B, F = ids.shape if gather else src.shape[:2]
-        table = src if gather else src.reshape(B * F, -1)
-        out = torch.empty(B, F * (F - 1) // 2, dtype=src.dtype, device=src.device)
-        _launch(_dot_forward_kernel, table, ids, offsets, B, F, out, gather=gather)
-        ctx.save_for_backward(src, ids, offsets)
-        ctx.gather, ctx.B, ctx.F = gather, B, F
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        src, ids, offsets = ctx.saved_tensors
-        B, F, gather = ctx.B, ctx.F, ctx.gather
-        table = src if gather else src.reshape(B * F, -1)
-        d = table.shape[1]
-        grad_e = torch.empty(B, F, d, dtype=src.dtype, device=src.device)
-        _launch(_dot_backward_kernel, table, ids, offsets, B, F, grad.contiguous(), grad_e, gather=gather)
-        if not gather:
-            return grad_e, None, None
-        return scatter_rows(grad_e.reshape(-1, d), table_rows(ids, offsets), table.shape[0]), None, None
+_PairwiseDot = field_op(_launch, _dot_forward_kernel, _dot_backward_kernel, out_width=lambda F, d: F * (F - 1) // 2)
 
 
 def pairwise_dot(E: torch.Tensor) -> torch.Tensor:

@@ -13,8 +13,7 @@ import triton
 import triton.language as tl
 
 from dcollapse.kernels.dispatch import use_triton
-from dcollapse.kernels.lookup import _field_rows, lookup, table_rows
-from dcollapse.kernels.scatter import scatter_rows
+from dcollapse.kernels.lookup import _field_rows, field_op, lookup
 
 BLOCK_B = 32
 
@@ -77,31 +76,7 @@ def _launch(kernel, src, ids, offsets, B, F, *tensors, gather: bool):
     kernel[grid](src, ids, offsets, *tensors, B, F, d, GATHER=gather, BLOCK_B=BLOCK_B, BLOCK_D=block_d)
 
 
-class _BiInteraction(torch.autograd.Function):
-    """p [B, d] from ``src`` = table [V, d] with ids/offsets (gather), or E [B, F, d] with ids/offsets None."""
-
-    @staticmethod
-    def forward(ctx, src, ids, offsets):
-        gather = ids is not None
-        B, F = ids.shape if gather else src.shape[:2]
-        table = src if gather else src.reshape(B * F, -1)
-        out = torch.empty(B, table.shape[1], dtype=src.dtype, device=src.device)
-        _launch(_bi_forward_kernel, table, ids, offsets, B, F, out, gather=gather)
-        ctx.save_for_backward(src, ids, offsets)
-        ctx.gather, ctx.B, ctx.F = gather, B, F
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        src, ids, offsets = ctx.saved_tensors
-        B, F, gather = ctx.B, ctx.F, ctx.gather
-        table = src if gather else src.reshape(B * F, -1)
-        d = table.shape[1]
-        grad_e = torch.empty(B, F, d, dtype=src.dtype, device=src.device)
-        _launch(_bi_backward_kernel, table, ids, offsets, B, F, grad.contiguous(), grad_e, gather=gather)
-        if not gather:
-            return grad_e, None, None
-        return scatter_rows(grad_e.reshape(-1, d), table_rows(ids, offsets), table.shape[0]), None, None
+_BiInteraction = field_op(_launch, _bi_forward_kernel, _bi_backward_kernel, out_width=lambda F, d: d)
 
 
 def bi_interaction(E: torch.Tensor) -> torch.Tensor:

@@ -73,6 +73,43 @@ class _Lookup(torch.autograd.Function):
         return grad_table, None, None
 
 
+def field_op(launch, forward_kernel, backward_kernel, out_width) -> type[torch.autograd.Function]:
+    """An autograd op on field rows [B, F, d]: ``apply(src, ids, offsets)`` with ``src`` the table [V, d], ``ids``
+    [B, F] and ``offsets`` [F] (rows gathered inside the kernels: the fused lookup), or ``src`` = E [B, F, d] with
+    ``ids``/``offsets`` None.
+
+    ``launch(kernel, rows, ids, offsets, B, F, *tensors, gather=)`` runs a kernel on ``rows`` (the table, or E as
+    [B * F, d]): ``forward_kernel`` writes out [B, out_width(F, d)]; ``backward_kernel`` reads the output gradient
+    and writes grad_e [B, F, d], which the fused op scatters into the table gradient [V, d].
+    """
+
+    class FieldOp(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, src, ids, offsets):
+            gather = ids is not None
+            B, F = ids.shape if gather else src.shape[:2]
+            rows = src if gather else src.reshape(B * F, -1)
+            out = torch.empty(B, out_width(F, rows.shape[1]), dtype=src.dtype, device=src.device)
+            launch(forward_kernel, rows, ids, offsets, B, F, out, gather=gather)
+            ctx.save_for_backward(src, ids, offsets)
+            ctx.gather, ctx.B, ctx.F = gather, B, F
+            return out
+
+        @staticmethod
+        def backward(ctx, grad):
+            src, ids, offsets = ctx.saved_tensors
+            B, F, gather = ctx.B, ctx.F, ctx.gather
+            rows = src if gather else src.reshape(B * F, -1)
+            d = rows.shape[1]
+            grad_e = torch.empty(B, F, d, dtype=src.dtype, device=src.device)
+            launch(backward_kernel, rows, ids, offsets, B, F, grad.contiguous(), grad_e, gather=gather)
+            if not gather:
+                return grad_e, None, None
+            return scatter_rows(grad_e.reshape(-1, d), table_rows(ids, offsets), rows.shape[0]), None, None
+
+    return FieldOp
+
+
 def lookup(table: torch.Tensor, ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """Public op: E [B, F, d], differentiable with respect to ``table``."""
     if not use_triton(table):
