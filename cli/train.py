@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.table import Table
 
-from dcollapse import checkpoint
+from dcollapse import checkpoint, io
 from dcollapse.cli.common import err, handles_errors, out, print_json, progress
 from dcollapse.cli.launch import records_rank_failures, relaunch
 from dcollapse.data.dataset import load_meta, load_split
@@ -31,15 +30,9 @@ def parse_widths(text: str) -> list[int]:
         raise UserError(f"--dnn: expected comma-separated layer widths like 400,400,400, got {text!r}") from None
 
 
-def read_toml(path: Path) -> dict[str, Any]:
+def read_config(path: Path) -> dict[str, Any]:
     """Options from a TOML file (keys as the long option names, dashes or underscores)."""
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such config file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{path}: invalid TOML ({exc})") from None
-    options = {key.replace("-", "_"): value for key, value in raw.items()}
+    options = {key.replace("-", "_"): value for key, value in io.read_toml(path, "config").items()}
     if isinstance(options.get("dnn"), str):
         options["dnn"] = parse_widths(options["dnn"])
     if isinstance(options.get("track"), str):
@@ -109,7 +102,7 @@ def train_command(
         given["dnn"] = parse_widths(given["dnn"])
     if isinstance(given.get("track"), str):
         given["track"] = parse_names(given["track"])
-    options = {**(read_toml(config_file) if config_file else {}), **given}
+    options = {**(read_config(config_file) if config_file else {}), **given}
 
     previous = None
     if resume is not None:

@@ -6,8 +6,10 @@ import contextlib
 import os
 import shutil
 import tempfile
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from dcollapse.errors import UserError
 
@@ -44,6 +46,16 @@ def atomic_path(target: str | Path, *, directory: bool = False, overwrite: bool 
         _remove(old)
     else:
         os.replace(tmp, target)
+
+
+def read_toml(path: Path, kind: str) -> dict[str, Any]:
+    """The table of a TOML file; a missing or malformed file is a one-line :class:`UserError` (``kind``: its role)."""
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such {kind} file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: invalid TOML ({exc})") from None
 
 
 def _umask() -> int:

@@ -29,15 +29,10 @@ import numpy as np
 from dcollapse import checkpoint, plots
 from dcollapse.data.dataset import load_meta, load_split
 from dcollapse.errors import UserError
-from dcollapse.io import atomic_path
+from dcollapse.io import atomic_path, read_toml
 from dcollapse.metrics import collapse
 from dcollapse.models import load_model
 from dcollapse.train import full_config, train
-
-try:
-    import tomllib
-except ImportError:  # Python 3.10
-    tomllib = None
 
 # The paper's settings (SPEC-collapse: emb 10, 3 cross layers, MLP [400,400,400]-[500,500,500], dropout 0.1,
 # Adam 1e-3, early stopping patience 2, L2 on embeddings 5e-6 (FM) / 1e-5 (DCNv2)) scaled to samples of 10^4-10^5
@@ -110,14 +105,7 @@ def read_grid_file(path: Path) -> dict[str, dict[str, Any]]:
         arch = "parallel"
         dnn = [64, 64]
     """
-    if tomllib is None:
-        raise UserError("grid files need Python 3.11 or newer (tomllib)")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such grid file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{path}: invalid TOML ({exc})") from None
+    raw = read_toml(path, "grid")
     unknown = sorted(set(raw) - {"base", "runs"})
     if unknown:
         raise UserError(f"{path}: unknown top-level key(s) {', '.join(unknown)}; expected [base] and [runs.<name>]")
