@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import typer
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
 from dcollapse import plots
-from dcollapse.cli.common import err, handles_errors, out, print_json
+from dcollapse.cli.common import emit, err, handles_errors, out, print_json
 from dcollapse.cli.report import DataOpt, JsonOpt, fixed_batch, fmt, load_run, model_line, model_summary, report_table
 from dcollapse.diagnostics.agop import ctr_agop
 from dcollapse.diagnostics.deep_rfm import REPRESENTATIONS, deep_rfm, load_classification_table, prepare_training_set
 from dcollapse.diagnostics.neural_collapse import ctr_layer_features, nc_stats
 from dcollapse.errors import UserError
-from dcollapse.io import atomic_path
 
 SplitOpt = typer.Option("valid", "--split", help="Split the sample rows are drawn from.")
 SeedOpt = typer.Option(0, "--seed", help="Seed of the row sample.")
@@ -36,33 +31,6 @@ FIELD_NOTE = (
 RFM_LABELS = {"x": "X", "sqrt_m_x": "M^1/2 X", "phi": "ReLU(W M^1/2 X)"}
 RFM_COLUMNS = {"x": "X", "sqrt_m_x": "MX", "phi": "Phi"}
 RFM_LEGEND = "X: layer input (unit rows); MX = M^1/2 X: AGOP projection; Phi = ReLU(W M^1/2 X): random features"
-
-
-def line_plot(
-    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
-    path: Path,
-    title: str,
-    xlabel: str,
-    ylabel: str,
-    *,
-    log: bool = True,
-) -> None:
-    """One axis, one line per (x, y) series, written atomically to a PNG."""
-    fig = Figure(figsize=(7.0, 4.5), layout="constrained")
-    ax = fig.subplots()
-    for label, (x, y) in series.items():
-        ax.plot(x, y, marker="o", markersize=3, linewidth=1.6, label=label)
-    if log:
-        ax.set_yscale("log")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=8)
-    ax.set_title(title, fontsize=10)
-    FigureCanvasAgg(fig)
-    with atomic_path(plots.check_png_path(path)) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
 
 
 def sample_rows(checkpoint_path: Path, data: Path | None, split: str, samples: int, seed: int):
@@ -145,12 +113,7 @@ def agop_command(
         series = {"AGOP (all fields)": doc["spectrum"]["normalized"]} | {f.field: f.normalized for f in top_fields}
         title = f"{checkpoint_path.name}: AGOP sqrt-eigenvalues (normalized); 8 most used fields, d = {d}"
         plots.overlay_spectra(series, plot, title)
-    if as_json:
-        print_json(doc)
-    else:
-        render_agop(doc)
-    if plot is not None:
-        err.print(f"wrote {plot}", highlight=False)
+    emit(doc, as_json, render_agop, plot)
 
 
 # ----------------------------------------------------------------------------------------------- nc
@@ -211,6 +174,24 @@ def nc_command(
 # ----------------------------------------------------------------------------------------------- rfm
 
 
+def render_rfm(doc: dict[str, Any]) -> None:
+    out.print(
+        f"Deep RFM{'' if doc['use_agop'] else ' without AGOP (M = I)'} on {doc['dataset']}: n = {doc['samples']}, "
+        f"K = {doc['classes']}, d = {doc['input_dim']}, width {doc['width']}, L = {doc['bandwidth']:g}, "
+        f"ridge {doc['ridge']:g}",
+        highlight=False,
+    )
+    columns = [f"{nc} {RFM_COLUMNS[r]}" for nc in ("NC1", "NC2") for r in REPRESENTATIONS]
+    table = report_table("NC per layer", ["layer", *columns], left=0)
+    for layer in doc["layers"]:
+        stats = [layer[r] for r in REPRESENTATIONS]
+        table.add_row(str(layer["layer"]), *(f"{s['nc1']:.4g}" for s in stats), *(f"{s['nc2']:.3g}" for s in stats))
+    out.print(table)
+    first, last = doc["layers"][0]["phi"]["nc1"], doc["layers"][-1]["phi"]["nc1"]
+    out.print(f"NC1 of Phi: layer 1 {first:.4g} -> layer {doc['depth']} {last:.4g} ({first / last:.1f}x lower)")
+    out.print(RFM_LEGEND, style="dim", highlight=False)
+
+
 @handles_errors
 def rfm_command(
     dataset: str = typer.Option("digits", "--dataset", help="'digits' (scikit-learn's 8x8 digits) or a Parquet/CSV."),
@@ -248,26 +229,8 @@ def rfm_command(
         layers = [layer.layer for layer in result.layers]
         series = {RFM_LABELS[r]: (layers, [getattr(layer, r).nc1 for layer in result.layers]) for r in REPRESENTATIONS}
         title = f"Deep RFM on {dataset} (n = {result.samples}){' without AGOP' if no_agop else ''}"
-        line_plot(series, plot, title, "layer", "NC1 = tr(Sigma_W) / tr(Sigma_B)")
-    if as_json:
-        print_json(doc)
-    else:
-        out.print(
-            f"Deep RFM{' without AGOP (M = I)' if no_agop else ''} on {dataset}: n = {result.samples}, "
-            f"K = {result.classes}, d = {result.input_dim}, width {width}, L = {bandwidth:g}, ridge {ridge:g}",
-            highlight=False,
-        )
-        columns = [f"{nc} {RFM_COLUMNS[r]}" for nc in ("NC1", "NC2") for r in REPRESENTATIONS]
-        table = report_table("NC per layer", ["layer", *columns], left=0)
-        for layer in result.layers:
-            stats = [getattr(layer, r) for r in REPRESENTATIONS]
-            table.add_row(str(layer.layer), *(f"{s.nc1:.4g}" for s in stats), *(f"{s.nc2:.3g}" for s in stats))
-        out.print(table)
-        first, last = result.layers[0].phi.nc1, result.layers[-1].phi.nc1
-        out.print(f"NC1 of Phi: layer 1 {first:.4g} -> layer {depth} {last:.4g} ({first / last:.1f}x lower)")
-        out.print(RFM_LEGEND, style="dim", highlight=False)
-    if plot is not None:
-        err.print(f"wrote {plot}", highlight=False)
+        plots.line_plot(series, plot, title, "layer", "NC1 = tr(Sigma_W) / tr(Sigma_B)")
+    emit(doc, as_json, render_rfm, plot)
 
 
 def register(app: typer.Typer) -> None:

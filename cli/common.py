@@ -6,6 +6,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -44,6 +45,17 @@ def print_json(document: Any) -> None:
     """Write one JSON document to stdout (and nothing else there)."""
     sys.stdout.write(json.dumps(document, indent=2, default=_jsonable) + "\n")
     sys.stdout.flush()
+
+
+def emit(document: Any, as_json: bool, render: Callable[[Any], None], plot: Path | None = None) -> None:
+    """Print ``document`` as one JSON document (``--json``) or as tables through ``render``; then, when a plot was
+    written, name it on stderr."""
+    if as_json:
+        print_json(document)
+    else:
+        render(document)
+    if plot is not None:
+        err.print(f"wrote {plot}", highlight=False, soft_wrap=True)
 
 
 def _jsonable(value: Any) -> Any:

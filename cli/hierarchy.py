@@ -8,9 +8,10 @@ from typing import Any
 
 import numpy as np
 import typer
+from matplotlib.figure import Figure
 from rich.table import Table
 
-from dcollapse import checkpoint
+from dcollapse import checkpoint, plots
 from dcollapse.cli.common import err, handles_errors, out, print_json
 from dcollapse.errors import CheckFailed, UserError
 from dcollapse.hierarchy.curve import CurvePoint, learning_curve
@@ -253,15 +254,9 @@ def _parse_sizes(text: str) -> list[int]:
 
 
 def _plot_curve(points: list[CurvePoint], summary: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from dcollapse.io import atomic_path
-
     sizes = [p.train_size for p in points]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4), layout="tight")
+    ax = fig.subplots()
     ax.plot(sizes, [p.test_error for p in points], "o-", label="test error")
     for kind in KINDS:
         ax.plot(sizes, [p.last_hidden(kind) for p in points], "s--", label=f"S_L(1) {kind}")
@@ -271,10 +266,7 @@ def _plot_curve(points: list[CurvePoint], summary: dict[str, Any], path: Path) -
     ax.set_xscale("log")
     ax.set_xlabel("training-set size P")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    plots.save_png(fig, path, dpi=120)
 
 
 @hierarchy_app.command("curve")

@@ -16,16 +16,14 @@ from typing import Any
 import numpy as np
 import torch
 import typer
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from rich.table import Table
 
-from dcollapse import checkpoint
-from dcollapse.cli.common import err, handles_errors, out, print_json, progress
+from dcollapse import checkpoint, plots
+from dcollapse.cli.common import emit, err, handles_errors, out, progress
 from dcollapse.data.dataset import load_meta, load_split
 from dcollapse.diagnostics import harsanyi as H
 from dcollapse.errors import UserError
-from dcollapse.io import atomic_path
 from dcollapse.models import load_model
 
 DEFAULT_TOP = 10  # players when the model has more than MAX_PLAYERS fields and none were chosen
@@ -222,7 +220,7 @@ def plot_single(doc: dict[str, Any], path: Path) -> None:
     ax.set_xticks(dist["orders"])
     ax.legend(fontsize=8)
     ax.set_title(f"{Path(doc['results'][0]['checkpoint']).name}: interaction strength by order", fontsize=10)
-    save(fig, path)
+    plots.save_png(fig, path)
 
 
 def plot_dynamics(doc: dict[str, Any], path: Path) -> None:
@@ -251,13 +249,7 @@ def plot_dynamics(doc: dict[str, Any], path: Path) -> None:
     bottom.set_xticks(steps, [str(e) for e in epochs])
     bottom.set_xlabel("epoch")
     fig.legend(loc="lower center", ncols=2, fontsize=8, bbox_to_anchor=(0.5, -0.04))
-    save(fig, path)
-
-
-def save(fig: Figure, path: Path) -> None:
-    FigureCanvasAgg(fig)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plots.save_png(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------- command
@@ -298,8 +290,8 @@ def interactions(
         raise UserError(f"--rank-by: expected agop or masking, got {rank_by!r}")
     if sparse and (niter < 1 or lr <= 0 or tau < 0):
         raise UserError("--sparse needs --niter >= 1, --lr > 0 and --tau >= 0")
-    if plot is not None and plot.suffix.lower() != ".png":
-        raise UserError(f"{plot}: plot files are PNG; give a name ending in .png")
+    if plot is not None:
+        plots.check_png_path(plot)
     runs = load_checkpoints(checkpoints)
     last = runs[-1]
     directory = dataset_dir(last, data)
@@ -344,14 +336,7 @@ def interactions(
         doc["loss_gap"] = dataclasses.asdict(H.loss_gap(history))
     if plot is not None:
         (plot_dynamics if len(runs) > 1 else plot_single)(doc, plot)
-    if as_json:
-        print_json(doc)
-    elif len(runs) > 1:
-        render_dynamics(doc)
-    else:
-        render_single(doc)
-    if plot is not None:
-        err.print(f"wrote {plot}", highlight=False, soft_wrap=True)
+    emit(doc, as_json, render_dynamics if len(runs) > 1 else render_single, plot)
 
 
 def register(app: typer.Typer) -> None:

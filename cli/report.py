@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from dcollapse import checkpoint, plots
-from dcollapse.cli.common import err, handles_errors, out, print_json
+from dcollapse.cli.common import emit, err, handles_errors, out
 from dcollapse.data.dataset import load_meta, load_split
 from dcollapse.errors import CheckFailed, UserError
 from dcollapse.metrics import collapse
@@ -328,12 +328,7 @@ def spectrum(
             subtitles |= {k: f"RankMe {batch_doc[v]['rankme']:.1f}" for k, v in BATCH_PANELS.items()}
         title = f"{checkpoint_path.name}: {model_line(doc['model'])} — normalized singular values"
         plots.spectrum_grid(panels, plot, title, subtitles=subtitles, highlight=list(BATCH_PANELS))
-    if as_json:
-        print_json(doc)
-    else:
-        render_spectrum(doc)
-    if plot is not None:
-        err.print(f"wrote {plot}", highlight=False, soft_wrap=True)
+    emit(doc, as_json, render_spectrum, plot)
     if failures:
         raise CheckFailed(f"{checkpoint_path}: " + "; ".join(failures))
 
@@ -489,12 +484,7 @@ def compare(
             if r["batch"] is not None
         }
         plots.overlay_spectra(series, plot, "Normalized singular values of cov(Z), fixed batch")
-    if as_json:
-        print_json(doc)
-    else:
-        render_compare(doc)
-    if plot is not None:
-        err.print(f"wrote {plot}", highlight=False, soft_wrap=True)
+    emit(doc, as_json, render_compare, plot)
 
 
 def render_gradients(doc: dict[str, Any]) -> None:
@@ -567,12 +557,7 @@ def gradients(
         series["embeddings Z (reference)"] = doc["embeddings"]["normalized"]
         title = f"{checkpoint_path.name}: {model_line(doc['model'])} — gradient spectra"
         plots.overlay_spectra(series, plot, title)
-    if as_json:
-        print_json(doc)
-    else:
-        render_gradients(doc)
-    if plot is not None:
-        err.print(f"wrote {plot}", highlight=False, soft_wrap=True)
+    emit(doc, as_json, render_gradients, plot)
 
 
 def register(app: typer.Typer) -> None:

@@ -11,8 +11,8 @@ import typer
 from scipy.stats import spearmanr
 
 from dcollapse import plots
-from dcollapse.cli.agop import line_plot, sample_rows
-from dcollapse.cli.common import err, handles_errors, out, print_json
+from dcollapse.cli.agop import sample_rows
+from dcollapse.cli.common import emit, handles_errors, out
 from dcollapse.cli.report import DataOpt, JsonOpt, fmt, model_line, model_summary, report_table
 from dcollapse.diagnostics.richness import last_layer, richness
 
@@ -127,7 +127,7 @@ def richness_command(
                 torch.cumsum(torch.tensor(s["relative_eigenvalues"]), 0).tolist(),
             )
             title = f"{checkpoints[0].name}: last hidden layer, centred D_LR {doc['d_lr_centered']:.3f}"
-            line_plot(series, plot, title, "top-k eigen-features", "cumulative share", log=False)
+            plots.line_plot(series, plot, title, "top-k eigen-features", "cumulative share", log=False)
     else:
         docs.sort(key=lambda d: (d["epoch"] is None, d["epoch"] or 0))
         pairs = [(d["d_lr_centered"], d["nc1"]) for d in docs if d["nc1"] is not None]
@@ -141,15 +141,8 @@ def richness_command(
                 epochs,
                 [d["valid_auc"] if d["valid_auc"] is not None else float("nan") for d in rows],
             )
-            line_plot(series, plot, "Richness and performance over training", "epoch", "value", log=False)
-    if as_json:
-        print_json(doc)
-    elif len(docs) == 1:
-        render_one(doc)
-    else:
-        render_many(doc)
-    if plot is not None:
-        err.print(f"wrote {plot}", highlight=False)
+            plots.line_plot(series, plot, "Richness and performance over training", "epoch", "value", log=False)
+    emit(doc, as_json, render_one if len(docs) == 1 else render_many, plot)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,4 +1,4 @@
-"""PNG plots shared by the reports: normalized spectra on a log scale, as small multiples or overlaid.
+"""PNG plots shared by the reports: normalized spectra on a log scale, as small multiples or overlaid, and lines.
 
 matplotlib's object API with the Agg canvas only (no pyplot, no global state, no display needed); every file is
 written atomically through :func:`dcollapse.io.atomic_path`.
@@ -38,12 +38,12 @@ def _log_ready(values: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     return np.arange(1, v.size + 1), np.where(v > FLOOR, v, np.nan)
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
-    path = check_png_path(path)
+def save_png(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
+    """Render ``fig`` with the Agg canvas and write it atomically as a PNG to ``path``."""
     FigureCanvasAgg(fig)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    return path
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    return Path(path)
 
 
 def spectrum_grid(
@@ -85,7 +85,7 @@ def spectrum_grid(
     for col in range(cols):  # the lowest visible panel of each column
         axes[(n - 1 - col) // cols, col].set_xlabel("index i", fontsize=8)
     fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return save_png(fig, check_png_path(path))
 
 
 def overlay_spectra(
@@ -109,4 +109,29 @@ def overlay_spectra(
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=8, loc="lower left")
     ax.set_title(title, fontsize=10)
-    return _save(fig, path)
+    return save_png(fig, check_png_path(path))
+
+
+def line_plot(
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    path: str | Path,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    *,
+    log: bool = True,
+) -> Path:
+    """One axis, one line per (x, y) series (integer x ticks), legend by key."""
+    fig = Figure(figsize=(7.0, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for label, (x, y) in series.items():
+        ax.plot(x, y, marker="o", markersize=3, linewidth=1.6, label=label)
+    if log:
+        ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    return save_png(fig, check_png_path(path))

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 
 from dcollapse.hierarchy.generator import Grammar, encode, gaussian_like, perturb, sample
 from dcollapse.hierarchy.models import HierarchicalNet, layer_names
-from dcollapse.io import atomic_path
+from dcollapse.plots import save_png
 
 KINDS = ("synonyms", "positions", "gaussian")
 
@@ -93,12 +94,8 @@ def measure(
 
 def plot_heatmap(result: Sensitivity, path: str | Path, title: str = "") -> None:
     """One panel per perturbation family: layers (rows) x levels (columns), values annotated; PNG, atomic."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(KINDS), figsize=(3.2 * len(KINDS) + 1, 0.6 * len(result.layers) + 1.8))
+    fig = Figure(figsize=(3.2 * len(KINDS) + 1, 0.6 * len(result.layers) + 1.8), layout="tight")
+    axes = fig.subplots(1, len(KINDS))
     for ax, kind in zip(axes, KINDS, strict=True):
         data = np.array(result.values[kind], dtype=float)
         image = ax.imshow(data, cmap="viridis", vmin=0, vmax=max(1.0, float(np.nanmax(data, initial=0))))
@@ -110,7 +107,4 @@ def plot_heatmap(result: Sensitivity, path: str | Path, title: str = "") -> None
             ax.text(c, r, f"{value:.2f}", ha="center", va="center", color="w" if value < 0.6 else "k", fontsize=8)
         fig.colorbar(image, ax=ax, fraction=0.046)
     fig.suptitle(title or "sensitivity S_k(l)")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_png(fig, path, dpi=120)
