@@ -89,8 +89,10 @@ def agop_command(
     as_json: bool = JsonOpt,
     plot: Path | None = typer.Option(None, "--plot", help="Write the AGOP spectra (whole and per field) to a PNG."),
 ) -> None:
-    """AGOP of the model's logit wrt the concatenated field embeddings: which embedding directions and fields the
-    predictor uses, against the collapse of each field's table, plus the NFA correlation of every DNN layer.
+    """AGOP of the logit wrt the field embeddings: which directions and fields the model uses.
+
+    The AGOP spectrum is set against the collapse of each field's table, and every DNN layer gets its Neural
+    Feature Ansatz correlation.
 
     Example: dcollapse agop runs/deepfm.pt --samples 2000 --plot deepfm-agop.png
     """
@@ -206,8 +208,10 @@ def rfm_command(
     as_json: bool = JsonOpt,
     plot: Path | None = typer.Option(None, "--plot", help="Write NC1 against depth (three representations) to a PNG."),
 ) -> None:
-    """Deep Recursive Feature Machine: per layer, unit-normalise X, fit Laplace kernel regression, project by the
-    square root of its AGOP, apply random ReLU features; NC1/NC2 of X, M^1/2 X and ReLU(W M^1/2 X) per layer.
+    """Deep Recursive Feature Machine: neural collapse of its representations layer by layer.
+
+    Per layer: unit-normalise X, fit Laplace kernel regression, project by the square root of its AGOP, apply
+    random ReLU features; NC1/NC2 of X, M^1/2 X and ReLU(W M^1/2 X) per layer.
 
     Example: dcollapse rfm --dataset digits --depth 6 --plot rfm-nc1.png
     """

@@ -107,9 +107,10 @@ def richness_command(
         None, "--plot", help="PNG: Q(k)/U(k) curves (one checkpoint) or D_LR and valid AUC per epoch (several)."
     ),
 ) -> None:
-    """Lazy vs rich: how much of the last hidden layer the click head uses (D_LR), its NC counterpart, and the
-    eigen-feature quality/utilisation curves. Several checkpoints (e.g. RUN.epoch*.pt from
-    --save-every-epoch) give D_LR per epoch beside validation AUC.
+    """Lazy vs rich: how much of the last hidden layer the click head uses (D_LR).
+
+    Also reports its NC counterpart and the eigen-feature quality/utilisation curves. Several checkpoints (e.g.
+    RUN.epoch*.pt from --save-every-epoch) give D_LR per epoch beside validation AUC.
 
     Example: dcollapse richness runs/deepfm.epoch*.pt --plot deepfm-richness.png
     """
