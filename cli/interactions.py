@@ -24,6 +24,7 @@ from dcollapse.cli.common import emit, err, handles_errors, out, progress
 from dcollapse.data.dataset import load_meta, load_split
 from dcollapse.diagnostics import harsanyi as H
 from dcollapse.errors import UserError
+from dcollapse.metrics.collapse import fixed_batch_indices
 from dcollapse.models import load_model
 
 DEFAULT_TOP = 10  # players when the model has more than MAX_PLAYERS fields and none were chosen
@@ -77,12 +78,6 @@ def dataset_dir(run: Loaded, data: Path | None) -> Path:
     if field_layout(load_meta(directory)) != field_layout(run.ckpt["meta"]):
         raise UserError(f"{directory}: fields or vocabulary sizes differ from the ones {run.path} was trained on")
     return directory
-
-
-def sample_rows(count: int, size: int, seed: int) -> torch.Tensor:
-    """Sorted indices of ``size`` rows (all when fewer) drawn with ``seed``."""
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randperm(count, generator=generator)[: min(size, count)].sort().values
 
 
 def choose_players(
@@ -300,10 +295,10 @@ def interactions(
     rows = load_split(directory, split, meta)
     if len(rows) == 0:
         raise UserError(f"{directory}: split {split!r} has no rows")
-    index = sample_rows(len(rows), samples, seed)
+    index = fixed_batch_indices(len(rows), samples, seed)
     ids, labels = rows.ids[index].long(), rows.labels[index]
     base_rows = load_split(directory, "train", meta) if "train" in meta["splits"] else rows
-    baseline_ids = base_rows.ids[sample_rows(len(base_rows), BASELINE_ROWS, seed)].long()
+    baseline_ids = base_rows.ids[fixed_batch_indices(len(base_rows), BASELINE_ROWS, seed)].long()
     players, selection = choose_players(names, fields, top, rank_by, last, ids, labels, baseline_ids, baseline)
     if high_order is not None and not 1 <= high_order <= len(players):
         raise UserError(f"--high-order: expected 1..{len(players)}, got {high_order}")
