@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -215,13 +215,21 @@ def scores(labels: np.ndarray, probs: np.ndarray, name: str = "valid") -> dict[s
 
 
 @torch.no_grad()
-def collapse_snapshot(model: CTRModel, ids: torch.Tensor) -> dict[str, Any]:
-    """RankMe of Z = flat embeddings [B, F*d_total] of the fixed batch ``ids`` [B, F], and per-field information
-    abundance of each field's table [V_f, d_total] (its mean over fields as ``mean_ia``)."""
-    Z = torch.cat([model.embed(ids[i : i + EVAL_BATCH]).flatten(1) for i in range(0, len(ids), EVAL_BATCH)])
+def collapse_snapshot(model: CTRModel, batch: Split, track: Sequence[str] = ()) -> dict[str, Any]:
+    """RankMe of Z = flat embeddings [B, F*d_total] of the fixed batch (ids [B, F], labels [B]), per-field
+    information abundance of each field's table [V_f, d_total] (its mean over fields as ``mean_ia``), and the extra
+    diagnostics named in ``track`` (see ``TRACKABLE``) on the same embeddings."""
+    E = torch.cat([model.embed(batch.ids[i : i + EVAL_BATCH]) for i in range(0, len(batch), EVAL_BATCH)])
     spectra = field_singular_values(model.embedding.table, model.embedding.offsets)  # [F, d_total]
     field_ia = [information_abundance(s) for s in spectra]
-    return {"rankme": rankme(singular_values(Z)), "field_ia": field_ia, "mean_ia": float(np.mean(field_ia))}
+    snapshot = {
+        "rankme": rankme(singular_values(E.flatten(1))),
+        "field_ia": field_ia,
+        "mean_ia": float(np.mean(field_ia)),
+    }
+    if "richness" in track:
+        snapshot |= richness_snapshot(model, E, batch.labels)
+    return snapshot
 
 
 def snapshot_rows(valid: Split, rows: int) -> Split:
@@ -231,15 +239,6 @@ def snapshot_rows(valid: Split, rows: int) -> Split:
     pick = torch.randperm(len(valid), generator=torch.Generator().manual_seed(SNAPSHOT_SEED))[:rows]
     pick = pick.to(valid.ids.device)
     return Split(valid.ids[pick], valid.labels[pick])
-
-
-def tracked_snapshot(model: CTRModel, batch: Split, track: list[str]) -> dict[str, Any]:
-    """The extra per-epoch diagnostics named in ``track`` on the snapshot batch (see ``TRACKABLE``)."""
-    if "richness" not in track:
-        return {}
-    with torch.no_grad():
-        E = torch.cat([model.embed(batch.ids[i : i + EVAL_BATCH]) for i in range(0, len(batch), EVAL_BATCH)])
-    return richness_snapshot(model, E, batch.labels)
 
 
 def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -320,6 +319,16 @@ def train(
     trainer = parallel.wrap(model)
 
     def make_checkpoint(test: dict[str, float] | None = None) -> dict[str, Any]:
+        return run_checkpoint(test) | {
+            "resume": {
+                "state_dict": cpu_state(model),
+                "optimizer": optimizer.state_dict(),
+                "progress": vars(progress).copy(),
+            }
+        }
+
+    def run_checkpoint(test: dict[str, float] | None = None) -> dict[str, Any]:
+        """The checkpoint without the state to resume from (best weights, history, config)."""
         return {
             "config": config,
             "meta": meta,
@@ -329,11 +338,6 @@ def train(
             "test": test,
             "best_epoch": progress.best_epoch,
             "kind": "ctr",
-            "resume": {
-                "state_dict": cpu_state(model),
-                "optimizer": optimizer.state_dict(),
-                "progress": vars(progress).copy(),
-            },
         }
 
     for epoch in range(progress.epoch + 1, int(config["epochs"]) + 1):
@@ -352,7 +356,7 @@ def train(
             raise Diverged(f"{exc} ({kept})") from None
         train_seconds = time.perf_counter() - start
         valid = parallel.evaluate(model, splits["valid"])
-        collapse = collapse_snapshot(model, probe.ids) | tracked_snapshot(model, probe, config["track"])
+        collapse = collapse_snapshot(model, probe, config["track"])
         entry = {
             "epoch": epoch,
             "train_loss": train_loss,
@@ -373,9 +377,9 @@ def train(
         if parallel.is_main:
             checkpoint.save(out, make_checkpoint())
         if save_every_epoch and parallel.is_main:
-            snapshot = {**make_checkpoint(), "state_dict": cpu_state(model), "epoch": epoch}
-            del snapshot["resume"]
-            checkpoint.save(epoch_path(out, epoch), snapshot)
+            checkpoint.save(
+                epoch_path(out, epoch), {**run_checkpoint(), "state_dict": cpu_state(model), "epoch": epoch}
+            )
         if on_epoch is not None:
             on_epoch(entry)
 
