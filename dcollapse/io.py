@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -56,6 +57,23 @@ def read_toml(path: Path, kind: str) -> dict[str, Any]:
         raise UserError(f"{path}: no such {kind} file") from None
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: invalid TOML ({exc})") from None
+
+
+def read_description(data_dir: str | Path, name: str, tag: str, kind: str, hint: str) -> dict[str, Any]:
+    """The JSON object ``data_dir/name`` carrying ``"format": tag``, the description file of a ``kind`` directory.
+
+    A missing file, invalid JSON or a missing tag is a one-line :class:`UserError` (``hint``: how to make one).
+    """
+    path = Path(data_dir) / name
+    if not path.is_file():
+        raise UserError(f"{data_dir}: not a {kind} (no {name}; {hint})")
+    try:
+        description = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(description, dict) or description.get("format") != tag:
+        raise UserError(f"{path}: not a {kind} description (format tag {tag!r} missing)")
+    return description
 
 
 def _umask() -> int:

@@ -13,7 +13,6 @@ id 1 = missing) and an int8 label column. ``offset`` places each field in one co
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import polars as pl
 import torch
 
 from dcollapse.errors import UserError
+from dcollapse.io import read_description
 
 FORMAT = "dcollapse.dataset"
 OOV_ID = 0
@@ -31,16 +31,7 @@ MISSING_ID = 1
 
 def load_meta(data_dir: str | Path) -> dict[str, Any]:
     """Read and validate ``DIR/meta.json``."""
-    path = Path(data_dir) / "meta.json"
-    if not path.is_file():
-        raise UserError(f"{data_dir}: not a dcollapse dataset (no meta.json; run `dcollapse preprocess` first)")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise UserError(f"{path}: not a dcollapse dataset description (format tag {FORMAT!r} missing)")
-    return meta
+    return read_description(data_dir, "meta.json", FORMAT, "dcollapse dataset", "run `dcollapse preprocess` first")
 
 
 @dataclass

@@ -40,7 +40,7 @@ import torch
 
 from dcollapse import __version__
 from dcollapse.errors import UserError
-from dcollapse.io import atomic_path
+from dcollapse.io import atomic_path, read_description
 
 DATA_FORMAT = "dcollapse.hierarchy"
 DATA_VERSION = 1
@@ -398,15 +398,7 @@ def save_data(
 def load_data(data_dir: str | Path) -> tuple[dict[str, Any], Grammar, np.ndarray, np.ndarray]:
     """Read a dataset written by :func:`save_data`: (description, grammar, symbols int64 [N, d], labels int64 [N])."""
     data_dir = Path(data_dir)
-    path = data_dir / DESCRIPTION_FILE
-    if not path.is_file():
-        raise UserError(f"{data_dir}: not a hierarchy dataset (no {DESCRIPTION_FILE}; run `dcollapse synth srhm`)")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
-    if not isinstance(meta, dict) or meta.get("format") != DATA_FORMAT:
-        raise UserError(f"{path}: not a hierarchy dataset description (format tag {DATA_FORMAT!r} missing)")
+    meta = read_description(data_dir, DESCRIPTION_FILE, DATA_FORMAT, "hierarchy dataset", "run `dcollapse synth srhm`")
     grammar = Grammar.from_dict(meta.get("grammar", {}))
     samples = data_dir / str(meta.get("file", SAMPLES_FILE))
     try:
