@@ -6,15 +6,10 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import torch
 import typer
 
-from dcollapse import plots
 from dcollapse.cli.common import emit, err, handles_errors, out, print_json
 from dcollapse.cli.report import DataOpt, JsonOpt, fixed_batch, fmt, load_run, model_line, model_summary, report_table
-from dcollapse.diagnostics.agop import ctr_agop
-from dcollapse.diagnostics.deep_rfm import REPRESENTATIONS, deep_rfm, load_classification_table, prepare_training_set
-from dcollapse.diagnostics.neural_collapse import ctr_layer_features, nc_stats
 from dcollapse.errors import UserError
 
 SplitOpt = typer.Option("valid", "--split", help="Split the sample rows are drawn from.")
@@ -96,6 +91,9 @@ def agop_command(
 
     Example: dcollapse agop runs/deepfm.pt --samples 2000 --plot deepfm-agop.png
     """
+    from dcollapse import plots
+    from dcollapse.diagnostics.agop import ctr_agop
+
     if plot is not None:
         plots.check_png_path(plot)
     run, ids, _ = sample_rows(checkpoint_path, data, split, samples, seed)
@@ -136,6 +134,10 @@ def nc_command(
 
     Example: dcollapse nc runs/deepfm.pt --split train --samples 20000
     """
+    import torch
+
+    from dcollapse.diagnostics.neural_collapse import ctr_layer_features, nc_stats
+
     run, ids, labels = sample_rows(checkpoint_path, data, split, samples, seed)
     if torch.unique(labels).numel() < 2:
         raise UserError(f"{run.data}: the {len(labels):,} sampled {split} rows hold a single label; NC needs both")
@@ -177,6 +179,8 @@ def nc_command(
 
 
 def render_rfm(doc: dict[str, Any]) -> None:
+    from dcollapse.diagnostics.deep_rfm import REPRESENTATIONS
+
     out.print(
         f"Deep RFM{'' if doc['use_agop'] else ' without AGOP (M = I)'} on {doc['dataset']}: n = {doc['samples']}, "
         f"K = {doc['classes']}, d = {doc['input_dim']}, width {doc['width']}, L = {doc['bandwidth']:g}, "
@@ -215,6 +219,14 @@ def rfm_command(
 
     Example: dcollapse rfm --dataset digits --depth 6 --plot rfm-nc1.png
     """
+    from dcollapse import plots
+    from dcollapse.diagnostics.deep_rfm import (
+        REPRESENTATIONS,
+        deep_rfm,
+        load_classification_table,
+        prepare_training_set,
+    )
+
     if bandwidth <= 0:
         raise UserError(f"--bandwidth must be > 0, got {bandwidth:g}")
     if plot is not None:

@@ -4,28 +4,17 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import typer
-from matplotlib.figure import Figure
 from rich.table import Table
 
-from dcollapse import checkpoint, plots
 from dcollapse.cli.common import err, handles_errors, out, print_json
 from dcollapse.errors import CheckFailed, UserError
-from dcollapse.hierarchy.curve import CurvePoint, learning_curve
-from dcollapse.hierarchy.generator import (
-    describe,
-    load_data,
-    parse,
-    predicted_sample_complexity,
-    sample,
-    sample_grammar,
-    save_data,
-)
-from dcollapse.hierarchy.sensitivity import KINDS, Sensitivity, measure, plot_heatmap
-from dcollapse.hierarchy.train import TrainConfig, build_model, load_model, train
+
+if TYPE_CHECKING:
+    from dcollapse.hierarchy.curve import CurvePoint
+    from dcollapse.hierarchy.sensitivity import Sensitivity
 
 hierarchy_app = typer.Typer(
     help="Sparse Random Hierarchy Model: train CNN/LCN learners and measure per-layer synonym/position sensitivity.",
@@ -66,6 +55,8 @@ def srhm_command(
 
     Example: dcollapse synth srhm -L 2 --patch 2 --sparsity 1 --vocab 6 --synonyms 6 --classes 6 --out data/srhm
     """
+    from dcollapse.hierarchy.generator import describe, predicted_sample_complexity, sample, sample_grammar, save_data
+
     if encoding not in ("onehot", "all0"):
         raise UserError(f"--encoding {encoding!r}: expected onehot or all0")
     if samples < 1:
@@ -107,6 +98,10 @@ def check_command(
 
     Example: dcollapse hierarchy check data/srhm
     """
+    import numpy as np
+
+    from dcollapse.hierarchy.generator import load_data, parse
+
     _, grammar, symbols, labels = load_data(data_dir)
     decoded = parse(grammar, symbols).labels
     informative = (symbols != grammar.empty).sum(axis=1)
@@ -158,6 +153,9 @@ def train_command(
 
     Example: dcollapse hierarchy train data/srhm --arch cnn --width 256 --train-size 3000 --out runs/srhm-cnn.pt
     """
+    from dcollapse import checkpoint
+    from dcollapse.hierarchy.train import TrainConfig, train
+
     config = TrainConfig(
         arch=arch, width=width, train_size=train_size, test_size=test_size, epochs=epochs, batch_size=batch_size,
         lr=lr, momentum=momentum, loss_threshold=loss_threshold, dtype=dtype, seed=seed,
@@ -195,6 +193,8 @@ def train_command(
 
 
 def _sensitivity_table(result: Sensitivity, title: str) -> Table:
+    from dcollapse.hierarchy.sensitivity import KINDS
+
     table = Table(title=title)
     table.add_column("layer")
     for kind in KINDS:
@@ -223,6 +223,10 @@ def sensitivity_command(
 
     Example: dcollapse hierarchy sensitivity runs/srhm-cnn.pt --plot runs/srhm-cnn-sens.png
     """
+    from dcollapse import checkpoint
+    from dcollapse.hierarchy.sensitivity import measure, plot_heatmap
+    from dcollapse.hierarchy.train import TrainConfig, build_model, load_model
+
     if samples < 2:
         raise UserError(f"--samples {samples}: expected at least 2")
     ckpt = checkpoint.load(run)
@@ -254,6 +258,11 @@ def _parse_sizes(text: str) -> list[int]:
 
 
 def _plot_curve(points: list[CurvePoint], summary: dict[str, Any], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    from dcollapse import plots
+    from dcollapse.hierarchy.sensitivity import KINDS
+
     sizes = [p.train_size for p in points]
     fig = Figure(figsize=(6, 4), layout="tight")
     ax = fig.subplots()
@@ -295,6 +304,11 @@ def curve_command(
 
     Example: dcollapse hierarchy curve data/srhm --train-sizes 100,300,1000,3000,10000 --arch cnn --json
     """
+    from dcollapse import checkpoint
+    from dcollapse.hierarchy.curve import learning_curve
+    from dcollapse.hierarchy.sensitivity import KINDS
+    from dcollapse.hierarchy.train import TrainConfig
+
     config = TrainConfig(
         arch=arch, width=width, train_size=1, test_size=test_size, epochs=epochs, batch_size=batch_size, lr=lr,
         momentum=momentum, loss_threshold=loss_threshold, dtype=dtype, seed=seed,

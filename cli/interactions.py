@@ -11,21 +11,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
 import typer
-from matplotlib.figure import Figure
 from rich.table import Table
 
-from dcollapse import checkpoint, plots
 from dcollapse.cli.common import emit, err, handles_errors, out, progress
-from dcollapse.data.dataset import load_meta, load_split
-from dcollapse.diagnostics import harsanyi as H
 from dcollapse.errors import UserError
-from dcollapse.metrics.collapse import fixed_batch_indices
-from dcollapse.models import load_model
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_TOP = 10  # players when the model has more than MAX_PLAYERS fields and none were chosen
 BASELINE_ROWS = 10_000  # training rows the mean baseline averages over
@@ -45,6 +40,9 @@ class Loaded:
 
 def load_checkpoints(paths: list[Path]) -> list[Loaded]:
     """Load CTR checkpoints of one dataset layout, sorted by epoch (distinct epochs when there are several)."""
+    from dcollapse import checkpoint
+    from dcollapse.models import load_model
+
     runs = []
     for path in paths:
         ckpt = checkpoint.load(path)
@@ -71,6 +69,8 @@ def field_layout(meta: dict[str, Any]) -> list[tuple[str, int]]:
 
 def dataset_dir(run: Loaded, data: Path | None) -> Path:
     """The dataset directory (``--data`` or the stored path), checked against the checkpoint's fields."""
+    from dcollapse.data.dataset import load_meta
+
     stored = (run.ckpt.get("data") or {}).get("path")
     if data is None and not (stored and (Path(stored) / "meta.json").is_file()):
         raise UserError(f"{run.path}: its dataset {stored or '(none stored)'} is not available; pass --data DIR")
@@ -85,6 +85,10 @@ def choose_players(
     labels: torch.Tensor, baseline_ids: torch.Tensor, baseline: str,
 ) -> tuple[list[int], dict[str, Any]]:  # fmt: skip
     """Player fields (indices) and how they were chosen: --fields, --top N by AGOP share or masking drop, or all."""
+    import torch
+
+    from dcollapse.diagnostics import harsanyi as H
+
     if fields is not None and top is not None:
         raise UserError("give --fields or --top, not both")
     if fields is not None:
@@ -118,6 +122,8 @@ def analyse(
     options: dict[str, Any], names: list[str],
 ) -> dict[str, Any]:  # fmt: skip
     """The interaction document of one checkpoint (order distribution, salient share, strongest sets)."""
+    from dcollapse.diagnostics import harsanyi as H
+
     base = H.field_baselines(run.model, options["baseline"], baseline_ids)
     value = H.field_value_fn(run.model, H.field_inputs(run.model, ids), labels, players, base)
     values = H.masked_outputs(value, len(players))
@@ -204,6 +210,10 @@ def render_dynamics(doc: dict[str, Any]) -> None:
 
 
 def plot_single(doc: dict[str, Any], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    from dcollapse import plots
+
     dist = doc["results"][0]["order"]
     fig = Figure(figsize=(6.5, 3.8), layout="constrained")
     ax = fig.subplots()
@@ -219,6 +229,11 @@ def plot_single(doc: dict[str, Any], path: Path) -> None:
 
 
 def plot_dynamics(doc: dict[str, Any], path: Path) -> None:
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from dcollapse import plots
+
     phase, gap = doc["phase"], doc["loss_gap"]
     epochs = [r["epoch"] for r in doc["results"]]
     heat = np.array([[p - q for p, q in zip(r["order"]["positive"], r["order"]["negative"], strict=True)]
@@ -279,6 +294,11 @@ def interactions(
 
     Example: dcollapse interactions runs/deepfm.pt --top 8 --sparse --plot orders.png
     """
+    from dcollapse import plots
+    from dcollapse.data.dataset import load_meta, load_split
+    from dcollapse.diagnostics import harsanyi as H
+    from dcollapse.metrics.collapse import fixed_batch_indices
+
     if baseline not in H.BASELINES:
         raise UserError(f"--baseline: expected one of {', '.join(H.BASELINES)}, got {baseline!r}")
     if rank_by not in ("agop", "masking"):

@@ -12,7 +12,6 @@ from typing import Any, TypeVar
 import typer
 
 from dcollapse.cli.common import err
-from dcollapse.distributed import RanksFailed, launch, record_failure, world_size
 from dcollapse.errors import UserError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -42,6 +41,8 @@ def command_line(ctx: typer.Context, drop: tuple[str, ...] = ("nproc",)) -> list
 def relaunch(ctx: typer.Context, nproc: int) -> None:
     """Run the command of ``ctx`` again as ``nproc`` ranks on this machine; a failed rank ends this process with
     its exit code after one line naming it."""
+    from dcollapse.distributed import RanksFailed, launch, world_size
+
     if world_size() > 1:
         raise UserError("--nproc starts the ranks itself; under torchrun leave it out (use --nproc-per-node)")
     command = [sys.executable, "-m", "dcollapse", *command_line(ctx)]
@@ -62,6 +63,8 @@ def records_rank_failures(fn: F) -> F:
         except typer.Exit:
             raise
         except Exception as exc:
+            from dcollapse.distributed import record_failure
+
             record_failure(exc)
             raise
 

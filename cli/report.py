@@ -7,21 +7,19 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
 import typer
 from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from dcollapse import checkpoint, plots
 from dcollapse.cli.common import emit, err, handles_errors, out
-from dcollapse.data.dataset import load_meta, load_split
 from dcollapse.errors import CheckFailed, UserError
-from dcollapse.metrics import collapse
-from dcollapse.models import load_model
+from dcollapse.metrics import DEFAULT_BATCH_ROWS, DEFAULT_SEED
+
+if TYPE_CHECKING:
+    import torch
 
 BLOCKS = "▁▂▃▄▅▆▇█"
 BAR_DECADES = 4  # the inline bar spans s_i / s_1 from 1e-4 (lowest block) to 1 (full block)
@@ -33,8 +31,8 @@ BATCH_PANELS = {"Z": "z", "cov(Z)": "covariance"}  # plot panel -> key of the ba
 
 DataOpt = typer.Option(None, "--data", help="Dataset directory; default: the path stored in the checkpoint.")
 SplitOpt = typer.Option("valid", "--split", help="Split the fixed batch is drawn from.")
-BatchOpt = typer.Option(collapse.DEFAULT_BATCH_ROWS, "--batch", min=1, help="Rows in the fixed batch (all if fewer).")
-SeedOpt = typer.Option(collapse.DEFAULT_SEED, "--seed", help="Seed of the fixed batch's row sample.")
+BatchOpt = typer.Option(DEFAULT_BATCH_ROWS, "--batch", min=1, help="Rows in the fixed batch (all if fewer).")
+SeedOpt = typer.Option(DEFAULT_SEED, "--seed", help="Seed of the fixed batch's row sample.")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON document on stdout instead of tables.")
 
 
@@ -54,6 +52,9 @@ class Run:
 
 def load_run(path: Path, data: Path | None) -> Run:
     """Load a ``dcollapse train`` checkpoint and locate its dataset (``data`` overrides the stored path)."""
+    from dcollapse import checkpoint
+    from dcollapse.models import load_model
+
     ckpt = checkpoint.load(path)
     kind = ckpt.get("kind", "ctr")
     if kind != "ctr":
@@ -73,6 +74,8 @@ def load_run(path: Path, data: Path | None) -> Run:
 
 def _check_dataset(data: Path, ckpt: dict[str, Any], ckpt_path: Path) -> None:
     """Refuse a dataset whose fields or vocabularies differ from the checkpoint's; warn on a different hash."""
+    from dcollapse.data.dataset import load_meta
+
     meta = load_meta(data)
     want = [(f["name"], int(f["vocab_size"])) for f in ckpt["meta"]["fields"]]
     have = [(f["name"], int(f["vocab_size"])) for f in meta["fields"]]
@@ -86,6 +89,9 @@ def _check_dataset(data: Path, ckpt: dict[str, Any], ckpt_path: Path) -> None:
 
 def fixed_batch(data: Path, split: str, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids int32 [B, F], labels [B]) of the fixed seeded batch of ``split``."""
+    from dcollapse.data.dataset import load_split
+    from dcollapse.metrics import collapse
+
     rows = load_split(data, split)
     if len(rows) == 0:
         raise UserError(f"{data}: split {split!r} has no rows")
@@ -117,6 +123,10 @@ def dataset_summary(run: Run) -> dict[str, Any]:
 
 def field_document(run: Run) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """(per-field rows, summary) of the table spectra."""
+    import numpy as np
+
+    from dcollapse.metrics import collapse
+
     fields = collapse.model_field_spectra(run.model, run.ckpt["meta"])
     rows = [{"field": f.field, "vocab_size": f.vocab_size, **asdict(f.spectrum)} for f in fields]
     ias = np.array([r["ia"] for r in rows])
@@ -159,6 +169,8 @@ def gate_failures(
 
 def spark(normalized: list[float], width: int = 20) -> str:
     """A one-line bar of a normalized spectrum on a log scale (one block per value, resampled to ``width``)."""
+    import numpy as np
+
     v = np.asarray(normalized, dtype=np.float64)
     if v.size == 0:
         return ""
@@ -296,6 +308,9 @@ def spectrum(
 
     Example: dcollapse spectrum runs/deepfm.pt --fail-under-ia 4 --plot deepfm-spectrum.png
     """
+    from dcollapse import plots
+    from dcollapse.metrics import collapse
+
     if plot is not None:
         plots.check_png_path(plot)
     run = load_run(checkpoint_path, data)
@@ -335,6 +350,8 @@ def spectrum(
 
 def compare_row(run: Run, batches: dict[Path, torch.Tensor], split: str, batch: int, seed: int) -> dict[str, Any]:
     """One row of the comparison table (RankMe computed on the fixed batch, else taken from the history)."""
+    from dcollapse.metrics import collapse
+
     config, ckpt = run.ckpt["config"], run.ckpt
     _, summary = field_document(run)
     history = ckpt.get("history") or []
@@ -445,6 +462,8 @@ def compare(
 
     Example: dcollapse compare runs/fm.pt runs/deepfm.pt runs/nfm.pt --plot spectra.png
     """
+    from dcollapse import plots
+
     if plot is not None:
         plots.check_png_path(plot)
     runs = [load_run(path, data) for path in checkpoints]
@@ -530,6 +549,9 @@ def gradients(
 
     Example: dcollapse gradients runs/deepfm.pt --plot deepfm-gradients.png
     """
+    from dcollapse import plots
+    from dcollapse.metrics import collapse
+
     if plot is not None:
         plots.check_png_path(plot)
     run = load_run(checkpoint_path, data)

@@ -6,15 +6,11 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import torch
 import typer
-from scipy.stats import spearmanr
 
-from dcollapse import plots
 from dcollapse.cli.agop import sample_rows
 from dcollapse.cli.common import emit, handles_errors, out
 from dcollapse.cli.report import DataOpt, JsonOpt, fmt, model_line, model_summary, report_table
-from dcollapse.diagnostics.richness import last_layer, richness
 
 CURVE_POINTS = (1, 2, 3, 5, 10, 20, 50)
 NOTE = (
@@ -26,6 +22,10 @@ NOTE = (
 
 def measure(path: Path, data: Path | None, split: str, samples: int, seed: int) -> dict[str, Any]:
     """The richness document of one checkpoint."""
+    import torch
+
+    from dcollapse.diagnostics.richness import last_layer, richness
+
     run, ids, labels = sample_rows(path, data, split, samples, seed)
     with torch.no_grad():
         features, outputs = last_layer(run.model, run.model.embed(ids))
@@ -114,6 +114,11 @@ def richness_command(
 
     Example: dcollapse richness runs/deepfm.epoch*.pt --plot deepfm-richness.png
     """
+    import torch
+    from scipy.stats import spearmanr
+
+    from dcollapse import plots
+
     if plot is not None:
         plots.check_png_path(plot)
     docs = [measure(path, data, split, samples, seed) for path in checkpoints]

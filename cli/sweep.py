@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import typer
 from rich.text import Text
 
-from dcollapse import sweep
 from dcollapse.cli.common import err, handles_errors, out, print_json, progress
 from dcollapse.cli.report import compare, report_table
 from dcollapse.cli.train import parse_widths
-from dcollapse.data.dataset import load_meta
 from dcollapse.errors import CheckFailed
+
+if TYPE_CHECKING:
+    from dcollapse import sweep
 
 
 @handles_errors
@@ -43,6 +43,11 @@ def sweep_command(
 
     Example: dcollapse sweep data/criteo --grid paper --seeds 3 --out runs/criteo-paper
     """
+    import torch
+
+    from dcollapse import sweep
+    from dcollapse.data.dataset import load_meta
+
     overrides: dict[str, Any] = {
         key: value
         for key, value in {

@@ -9,7 +9,6 @@ from rich.table import Table
 
 from dcollapse.cli.common import handles_errors, out, print_json
 from dcollapse.cli.hierarchy import register_srhm
-from dcollapse.data.synth import write_ctr_csv, write_ctr_dataset
 
 synth_app = typer.Typer(help="Synthetic data with a known, planted ground truth.", no_args_is_help=True)
 
@@ -53,6 +52,8 @@ def ctr_command(
 
     Example: dcollapse synth ctr --out demo/raw.csv --rows 60000 --fields 12 --seed 0
     """
+    from dcollapse.data.synth import write_ctr_csv, write_ctr_dataset
+
     kwargs = dict(
         vocab_sizes=[vocab] * fields if vocab is not None else None,
         zipf=zipf,

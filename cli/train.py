@@ -8,14 +8,10 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from dcollapse import checkpoint, io
+from dcollapse import io
 from dcollapse.cli.common import err, handles_errors, out, print_json, progress
 from dcollapse.cli.launch import records_rank_failures, relaunch
-from dcollapse.data.dataset import load_meta, load_split
-from dcollapse.distributed import from_env
 from dcollapse.errors import UserError
-from dcollapse.models import load_model
-from dcollapse.train import evaluate, full_config, train
 
 RESUMABLE = ("epochs", "patience", "device")  # what may change when a run is resumed
 
@@ -94,7 +90,7 @@ def train_command(
 
     Example: dcollapse train data/criteo --model fm --arch parallel --epochs 2 --out runs/deepfm.pt
     """
-    given = {key: value for key, value in locals().items() if value is not None}
+    given = {key: value for key, value in locals().items() if value is not None}  # first: only options here
     given.pop("save_every_epoch")
     for key in ("ctx", "data_dir", "out_path", "config_file", "resume", "nproc"):
         given.pop(key, None)
@@ -103,6 +99,10 @@ def train_command(
     if isinstance(given.get("track"), str):
         given["track"] = parse_names(given["track"])
     options = {**(read_config(config_file) if config_file else {}), **given}
+
+    from dcollapse import checkpoint
+    from dcollapse.distributed import from_env
+    from dcollapse.train import full_config, train
 
     previous = None
     if resume is not None:
@@ -175,6 +175,11 @@ def eval_command(
 
     Example: dcollapse eval runs/deepfm.pt --split test --json
     """
+    from dcollapse import checkpoint
+    from dcollapse.data.dataset import load_meta, load_split
+    from dcollapse.models import load_model
+    from dcollapse.train import evaluate
+
     ckpt = checkpoint.load(run)
     if ckpt.get("kind", "ctr") != "ctr":
         raise UserError(f"{run}: not a CTR model checkpoint (kind {ckpt.get('kind')!r})")

@@ -1,5 +1,7 @@
 """Packaging and CLI surface: every package ships, only `dcollapse` is a top-level name, every command has help."""
 
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -56,3 +58,11 @@ def test_every_command_help_shows_an_example(path):
     result = CliRunner().invoke(app, [*path, "--help"], terminal_width=200)
     assert result.exit_code == 0
     assert "Example" in result.output and f"dcollapse {' '.join(path)}" in result.output
+
+
+def test_importing_the_app_does_not_import_torch():
+    """`dcollapse --help` and `dcollapse preprocess` stay fast: commands import torch only when they run."""
+    heavy = "('torch', 'matplotlib', 'sklearn', 'scipy')"
+    code = f"import sys, dcollapse.cli.app; print(sorted(m for m in {heavy} if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert result.stdout.strip() == "[]"

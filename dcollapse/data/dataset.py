@@ -15,14 +15,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
-import torch
 
 from dcollapse.errors import UserError
 from dcollapse.io import read_description
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT = "dcollapse.dataset"
 OOV_ID = 0
@@ -47,6 +49,8 @@ class Split:
 
 def load_split(data_dir: str | Path, split: str, meta: dict[str, Any] | None = None) -> Split:
     """Load ``split`` of a preprocessed dataset into tensors (field order as in ``meta["fields"]``)."""
+    import torch  # here, not at module level: preprocessing reads this module and needs no torch
+
     meta = meta if meta is not None else load_meta(data_dir)
     if split not in meta["splits"]:
         raise UserError(f"{data_dir}: no split {split!r} (have: {', '.join(meta['splits'])})")
@@ -65,4 +69,6 @@ def load_split(data_dir: str | Path, split: str, meta: dict[str, Any] | None = N
 
 def field_offsets(meta: dict[str, Any]) -> torch.Tensor:
     """int64 [F]: where each field's rows start in the one concatenated table."""
+    import torch
+
     return torch.tensor([f["offset"] for f in meta["fields"]], dtype=torch.int64)

@@ -20,10 +20,9 @@ import torch
 import torch.nn.functional as F_nn
 from torch import nn
 
+from dcollapse.metrics import DEFAULT_BATCH_ROWS, DEFAULT_SEED
 from dcollapse.metrics.spectrum import SpectrumStats, field_singular_values, singular_values
 
-DEFAULT_BATCH_ROWS = 50_000
-DEFAULT_SEED = 0
 CHUNK_ROWS = 8192
 BRANCHES = ("interaction", "dnn")
 
