@@ -16,16 +16,26 @@ from dcollapse.errors import UserError
 
 
 @contextlib.contextmanager
-def atomic_path(target: str | Path, *, directory: bool = False, overwrite: bool = True) -> Iterator[Path]:
+def atomic_path(
+    target: str | Path, *, directory: bool = False, overwrite: bool = True, replaces: str | None = None
+) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success rename it onto ``target``.
 
     On any exception the temporary file or directory is removed and ``target`` is untouched.
-    With ``directory=True`` the yielded path is an empty directory. ``overwrite=False`` refuses an
-    existing target with a :class:`UserError` before anything is written.
+    With ``directory=True`` the yielded path is an empty directory. Refused with a :class:`UserError` before
+    anything is written: an existing target when ``overwrite=False``; a directory where a file goes or the reverse;
+    with ``replaces`` (a file name, e.g. ``"meta.json"``), a non-empty directory without that file — so only an
+    earlier output of the same kind is ever replaced, never an unrelated directory.
     """
     target = Path(target)
-    if target.exists() and not overwrite:
-        raise UserError(f"{target}: already exists (pass --overwrite to replace it)")
+    if target.exists():
+        if not overwrite:
+            raise UserError(f"{target}: already exists (pass --overwrite to replace it)")
+        if target.is_dir() != directory:
+            found, wanted = ("a directory", "a file") if target.is_dir() else ("a file", "a directory")
+            raise UserError(f"{target}: is {found}; the output here is {wanted} (choose another path)")
+        if directory and replaces and any(target.iterdir()) and not (target / replaces).is_file():
+            raise UserError(f"{target}: not an earlier output (no {replaces}); refusing to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
     if directory:
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))

@@ -47,3 +47,25 @@ def test_outputs_get_umask_permissions(tmp_path):
         os.umask(mask)
     assert stat.S_IMODE((tmp_path / "f.txt").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
+
+
+def test_never_replaces_an_unrelated_directory_or_the_wrong_kind_of_path(tmp_path):
+    notes = tmp_path / "important"
+    notes.mkdir()
+    (notes / "notes.txt").write_text("keep me")
+    with pytest.raises(UserError, match="not an earlier output"), atomic_path(notes, directory=True, replaces="m.json"):
+        pass
+    assert (notes / "notes.txt").read_text() == "keep me"
+    data_file = tmp_path / "in.csv"
+    data_file.write_text("a,b\n")
+    with pytest.raises(UserError, match="is a file"), atomic_path(data_file, directory=True):
+        pass
+    with pytest.raises(UserError, match="is a directory"), atomic_path(notes):
+        pass
+    assert data_file.read_text() == "a,b\n" and sorted(p.name for p in tmp_path.iterdir()) == ["important", "in.csv"]
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "m.json").write_text("{}")
+    with atomic_path(earlier, directory=True, replaces="m.json") as tmp:
+        (tmp / "m.json").write_text('{"new": 1}')
+    assert (earlier / "m.json").read_text() == '{"new": 1}'

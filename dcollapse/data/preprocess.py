@@ -43,7 +43,7 @@ def write_dataset(
     Returns the ``meta.json`` dict.
     """
     names = [f["name"] for f in fields]
-    with atomic_path(out_dir, directory=True, overwrite=overwrite) as tmp:
+    with atomic_path(out_dir, directory=True, overwrite=overwrite, replaces="meta.json") as tmp:
         for split, frame in splits.items():  # one streaming pass per split keeps the memory flat
             lazy = frame.lazy().select([pl.col(n).cast(pl.Int32) for n in names] + [pl.col(LABEL).cast(pl.Int8)])
             lazy.sink_parquet(tmp / f"{split}.parquet", row_group_size=65536, engine="streaming")

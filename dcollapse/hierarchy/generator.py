@@ -374,7 +374,7 @@ def save_data(
     overwrite: bool = True,
 ) -> dict[str, Any]:
     """Write ``DIR/hierarchy.json`` (grammar + description) and ``DIR/samples.npz`` (symbols, labels) atomically."""
-    with atomic_path(out_dir, directory=True, overwrite=overwrite) as tmp:
+    with atomic_path(out_dir, directory=True, overwrite=overwrite, replaces=DESCRIPTION_FILE) as tmp:
         np.savez(tmp / SAMPLES_FILE, symbols=symbols.astype(np.int16), labels=labels.astype(np.int64))
         meta = {
             "format": DATA_FORMAT,
