@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from dcollapse.errors import CheckFailed, UserError
 
-out = Console()  # tables and reports: stdout
+# Tables and reports on stdout. Piped into a file or a CI log there is no terminal width; Rich would then cut the
+# tables at 80 columns, so use a wide page unless COLUMNS says otherwise.
+PIPED_WIDTH = 160
+out = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else PIPED_WIDTH)
 err = Console(stderr=True)  # progress, messages and errors: stderr
 
 F = TypeVar("F", bound=Callable[..., Any])
