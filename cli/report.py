@@ -80,8 +80,9 @@ def _check_dataset(data: Path, ckpt: dict[str, Any], ckpt_path: Path) -> None:
     want = [(f["name"], int(f["vocab_size"])) for f in ckpt["meta"]["fields"]]
     have = [(f["name"], int(f["vocab_size"])) for f in meta["fields"]]
     if want != have:
-        diff = next((f"{w} vs {h}" for w, h in zip(want, have, strict=False) if w != h), f"{len(want)} vs {len(have)}")
-        raise UserError(f"{data}: fields (name, vocab size) differ from those of {ckpt_path} (first: {diff})")
+        pairs = zip(want, have, strict=False)
+        diff = next((f"{w} vs data {h}" for w, h in pairs if w != h), f"{len(want)} vs data {len(have)} fields")
+        raise UserError(f"{data}: fields (name, vocab size) differ from those of {ckpt_path} (first: run {diff})")
     stored_hash = (ckpt.get("data") or {}).get("hash")
     if stored_hash and meta.get("input_hash") and stored_hash != meta["input_hash"]:
         err.print(f"[yellow]warning:[/] {data}: input hash differs from the one {ckpt_path} was trained on")
@@ -509,7 +510,7 @@ def compare(
 def render_gradients(doc: dict[str, Any]) -> None:
     print_header(doc)
     title = f"Gradient of the loss w.r.t. the embeddings: {doc['rows']:,} {doc['split']} rows x {doc['dim']} (F*d)"
-    table = report_table(title, ["matrix", "norm share", "RankMe", "IA", "stable rank", ">1e-3"], bar=True)
+    table = report_table(title, ["matrix", "‖g‖ / ‖total‖", "RankMe", "IA", "stable rank", ">1e-3"], bar=True)
     labels = {"total": "dL/dE", "interaction": " via interaction", "dnn": " via DNN"}
     for key, label in labels.items():
         g = doc["gradients"].get(key)

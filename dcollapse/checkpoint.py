@@ -32,13 +32,14 @@ def save(path: str | Path, checkpoint: dict[str, Any]) -> None:
 def load(path: str | Path) -> dict[str, Any]:
     """Read and validate a checkpoint; any foreign or unsafe file raises a one-line :class:`UserError`."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, not a checkpoint file (checkpoints come from `dcollapse train`)")
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
-        raise UserError(f"{path}: refused to load: not a plain-data dcollapse checkpoint ({first[:120]})") from None
+    except pickle.UnpicklingError:
+        raise UserError(f"{path}: refused to load: not a dcollapse checkpoint (holds more than plain data)") from None
     except Exception as exc:  # noqa: BLE001  any other bytes: the legacy unpickler fails in many ways (KeyError, ...)
         raise UserError(f"{path}: not a dcollapse checkpoint ({type(exc).__name__})") from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:

@@ -45,3 +45,8 @@ def test_round_trip(tmp_path):
     loaded = checkpoint.load(path)
     assert loaded["format"] == checkpoint.FORMAT and loaded["config"] == {"model": "fm"}
     assert torch.equal(loaded["state_dict"]["w"], torch.ones(2))
+
+
+def test_a_directory_is_named_as_such(tmp_path):
+    with pytest.raises(UserError, match="is a directory, not a checkpoint file"):
+        checkpoint.load(tmp_path)
