@@ -168,6 +168,7 @@ def train_command(
 def eval_command(
     run: Path = typer.Argument(..., help="Checkpoint written by `dcollapse train`."),
     data_dir: Path | None = typer.Argument(None, help="Dataset directory (default: the one the run was trained on)."),
+    data: Path | None = typer.Option(None, "--data", help="Same as DATA_DIR, as the report commands spell it."),
     split: str = typer.Option("test", help="Split to evaluate: train | valid | test."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
 ) -> None:
@@ -183,7 +184,13 @@ def eval_command(
     ckpt = checkpoint.load(run)
     if ckpt.get("kind", "ctr") != "ctr":
         raise UserError(f"{run}: not a CTR model checkpoint (kind {ckpt.get('kind')!r})")
-    data_dir = data_dir or Path(ckpt["data"]["path"])
+    if data_dir is not None and data is not None and data_dir != data:
+        raise UserError("give the dataset once: DATA_DIR or --data")
+    data_dir = data_dir or data
+    if data_dir is None:
+        data_dir = Path(ckpt["data"]["path"])
+        if not data_dir.is_dir():
+            raise UserError(f"{run}: its dataset {data_dir} was not found (pass --data DIR)")
     meta = load_meta(data_dir)
     layout = [(f["name"], f["vocab_size"]) for f in meta["fields"]]
     if layout != [(f["name"], f["vocab_size"]) for f in ckpt["meta"]["fields"]]:

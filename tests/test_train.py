@@ -282,3 +282,16 @@ def test_track_richness_adds_bounded_d_lr_per_epoch(tiny, tmp_path):
     bad = runner.invoke(app, [*args, "--track", "grokking", "--out", str(tmp_path / "bad.pt")])
     assert bad.exit_code == 2 and "track" in bad.output
     assert not (tmp_path / "bad.pt").exists()
+
+
+def test_eval_takes_data_like_the_reports_and_names_a_missing_dataset(tiny, tmp_path):
+    out = tmp_path / "run.pt"
+    assert runner.invoke(app, ["train", str(tiny), "--epochs", "1", "--emb-dim", "4", "--out", str(out)]).exit_code == 0
+    by_option = json.loads(runner.invoke(app, ["eval", str(out), "--data", str(tiny), "--json"]).stdout)
+    by_argument = json.loads(runner.invoke(app, ["eval", str(out), str(tiny), "--json"]).stdout)
+    assert by_option == by_argument
+    ckpt = checkpoint.load(out)
+    ckpt["data"]["path"] = str(tmp_path / "gone")
+    checkpoint.save(tmp_path / "moved.pt", {k: v for k, v in ckpt.items() if k not in ("format", "version")})
+    missing = runner.invoke(app, ["eval", str(tmp_path / "moved.pt")])
+    assert missing.exit_code == 2 and "--data" in missing.output
