@@ -281,6 +281,8 @@ def train(
     rank writes checkpoints.
     """
     config, out, data_dir = full_config(config), Path(out), Path(data_dir).resolve()
+    if out.is_dir():
+        raise UserError(f"{out}: is a directory; --out names the checkpoint file to write (e.g. {out / 'run.pt'})")
     device = pick_device(config["device"])
 
     # Data: every split as one int32 id tensor [N, F] on the device.

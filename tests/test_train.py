@@ -295,3 +295,9 @@ def test_eval_takes_data_like_the_reports_and_names_a_missing_dataset(tiny, tmp_
     checkpoint.save(tmp_path / "moved.pt", {k: v for k, v in ckpt.items() if k not in ("format", "version")})
     missing = runner.invoke(app, ["eval", str(tmp_path / "moved.pt")])
     assert missing.exit_code == 2 and "--data" in missing.output
+
+
+def test_out_that_is_a_directory_is_refused_before_training(tiny, tmp_path):
+    result = runner.invoke(app, ["train", str(tiny), "--epochs", "1", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "is a directory" in result.output and "epoch 1" not in result.output
+    assert list(tmp_path.iterdir()) == []
