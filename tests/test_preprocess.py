@@ -376,7 +376,7 @@ def test_real_movielens_100k(tmp_path):
     assert sizes["gender"] == 4 and sizes["hour"] == 26 and sizes["age"] == 9
 
 
-# ------------------------------------------------------------------ fast path (Polars' CSV reader) vs line reader
+# ------------------------------------------------------------------ larger Criteo files: line ends, deep bad rows
 
 
 def _criteo_lines(n: int) -> list[str]:
@@ -390,21 +390,6 @@ def _criteo_lines(n: int) -> list[str]:
     ]  # fmt: skip
 
 
-def _spy_parse(monkeypatch) -> list[bool]:
-    """Record, per parse, whether it was the fast path (a source with per-file byte sizes)."""
-    from dcollapse.data import preprocess as pp
-
-    calls: list[bool] = []
-    real = pp._parse
-
-    def spy(source, opts, rows_file):
-        calls.append(source.sizes is not None)
-        return real(source, opts, rows_file)
-
-    monkeypatch.setattr(pp, "_parse", spy)
-    return calls
-
-
 def _outputs(out: Path) -> tuple:
     meta = load_meta(out)
     meta.pop("input_hash"), meta.pop("name")  # the only differences: input bytes and the directory name
@@ -412,50 +397,39 @@ def _outputs(out: Path) -> tuple:
     return meta, splits, pl.read_parquet(out / "vocab.parquet")
 
 
-def test_fast_path_and_line_reader_give_identical_outputs(tmp_path, monkeypatch):
-    from dcollapse.data import formats
-
+def test_crlf_line_ends_and_a_missing_last_newline_give_the_same_dataset(tmp_path):
     lines = _criteo_lines(3000)
     train = tmp_path / "train.txt"
     train.write_text("\n".join(lines))  # no newline after the last line
     test = write_lines(tmp_path / "test.txt", lines[:500])
-    calls = _spy_parse(monkeypatch)
-    fast = run([train, test], tmp_path / "fast", format="criteo", split_files=True, valid_frac=0.2)
-    assert calls == [True] and fast["skipped_rows"] == 0
-    monkeypatch.setattr(formats, "native_size", lambda path: None)  # no file may take the fast path
-    run([train, test], tmp_path / "slow", format="criteo", split_files=True, valid_frac=0.2)
-    assert calls == [True, False]
-    assert fast["splits"]["test"]["rows"] == 500 and fast["splits"]["train"]["rows"] > 2000
-    got, want = _outputs(tmp_path / "fast"), _outputs(tmp_path / "slow")
-    assert got[0] == want[0] and got[2].equals(want[2])
-    assert all(a.equals(b) for a, b in zip(got[1], want[1], strict=True))
-    # The same rows with CRLF line ends are read by the line reader only, and give the same dataset.
+    lf = run([train, test], tmp_path / "lf", format="criteo", split_files=True, valid_frac=0.2)
+    assert lf["skipped_rows"] == 0 and lf["splits"]["test"]["rows"] == 500 and lf["splits"]["train"]["rows"] > 2000
     crlf = tmp_path / "crlf.txt"
     crlf.write_bytes(train.read_bytes().replace(b"\n", b"\r\n"))
     run([crlf, test], tmp_path / "crlf", format="criteo", split_files=True, valid_frac=0.2)
-    assert calls == [True, False, False]
-    assert all(a.equals(b) for a, b in zip(_outputs(tmp_path / "crlf")[1], want[1], strict=True))
+    got, want = _outputs(tmp_path / "crlf"), _outputs(tmp_path / "lf")
+    assert got[0]["splits"] == want[0]["splits"] and got[2].equals(want[2])
+    assert all(a.equals(b) for a, b in zip(got[1], want[1], strict=True))
 
 
 @pytest.mark.parametrize(
     ("bad", "problem"),
     [
-        ("\t".join(["0"] * 39), "expected 40 columns, found 39"),  # the CSV reader would pad this row silently
+        ("\t".join(["0"] * 39), "expected 40 columns, found 39"),
         ("\t".join(["0"] * 41), "expected 40 columns, found 41"),
         (criteo_row("1", ["1", "2", "x3"]), "I3: not a number: 'x3'"),
         (criteo_row("2"), "label must be 0 or 1, got '2'"),
     ],
     ids=["short", "long", "not-a-number", "label"],
 )
-def test_bad_row_deep_in_a_file_is_reported_with_its_line(tmp_path, monkeypatch, bad, problem):
+def test_bad_row_deep_in_a_file_is_reported_with_its_line(tmp_path, bad, problem):
     lines = _criteo_lines(4000)
     lines[3456] = bad  # line 3457
     src = write_lines(tmp_path / "big.txt", lines)
-    calls = _spy_parse(monkeypatch)
     with pytest.raises(UserError) as exc:
         run([src], tmp_path / "out", format="criteo")
     assert str(exc.value) == f"{src}, line 3457: {problem}"
-    assert calls[-1] is False and not (tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists()
     meta = run([src], tmp_path / "skip", format="criteo", bad_rows="skip")
     assert meta["skipped_rows"] == 1 and sum(s["rows"] for s in meta["splits"].values()) == 3999
 

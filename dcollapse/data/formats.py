@@ -12,13 +12,6 @@ Text formats are read line by line with ``polars.scan_lines`` and split with vec
 malformed row is detected and located exactly (wrong column count, non-numeric value, bad label) without a Python
 loop over rows. Limitation: CSV fields that contain the separator inside quotes are not supported (such a row is
 reported as having the wrong number of columns); surrounding double quotes are removed from values.
-
-Fast path (``read(..., native=True)``, Criteo only): the same columns come from Polars' CSV reader instead (every
-column read as String, no quoting), followed by the same checks. That reader pads short rows silently, so the
-column count is checked per file instead of per row: each row also carries ``__bytes``, the size it has with exactly
-the expected number of fields and a newline, and their sum must equal the file's size (files with a carriage return
-or a byte-order mark never take the fast path). If the fast read fails, a check fails or the sizes differ, the caller
-parses again with the line reader, which locates and reports (or skips) the bad rows.
 """
 
 from __future__ import annotations
@@ -34,7 +27,6 @@ from dcollapse.errors import UserError
 LABEL = "label"
 LINE = "__line"
 BAD = "__bad"
-BYTES = "__bytes"
 CATEGORICAL = "categorical"
 NUMERIC = "numeric"
 
@@ -63,7 +55,6 @@ class Source:
     files: list[Path]
     raw: list[pl.LazyFrame]
     messages: list[list[pl.Expr]]
-    sizes: list[int] | None = None  # fast path: per file, the sum of ``__bytes`` that proves every row well-formed
 
     def explain(self, file: int, line: int, code: int) -> str:
         """The problem with row ``line`` of file ``file`` whose first failing check is ``code``."""
@@ -71,18 +62,8 @@ class Source:
         return str(row["m"][0]) if row.height else "malformed row"
 
 
-def read(fmt: str, paths: list[Path], opts: dict[str, Any], native: bool = False) -> Source | None:
-    """Parse ``paths`` in format ``fmt``; ``opts``: label, categorical, numeric, separator, header.
-
-    ``native``: the fast path (see the module docstring); None when the format or a file does not allow it.
-    """
-    if native:
-        sizes = [native_size(p) for p in paths] if fmt == "criteo" else [None]
-        if None in sizes:
-            return None
-        source = _criteo(paths, opts, native=True)
-        source.sizes = sizes
-        return source
+def read(fmt: str, paths: list[Path], opts: dict[str, Any]) -> Source:
+    """Parse ``paths`` in format ``fmt``; ``opts``: label, categorical, numeric, separator, header."""
     if fmt == "movielens":
         if len(paths) != 1 or not paths[0].is_dir():
             raise UserError(
@@ -107,31 +88,6 @@ def _lines(path: Path, skip_first: bool) -> pl.LazyFrame:
     if skip_first:
         lf = lf.filter(pl.col(LINE) > 1)
     return lf.filter(pl.col("line") != "")
-
-
-def native_size(path: Path) -> int | None:
-    """The byte total the fast path must account for in ``path`` (its size, plus the newline a last line lacks);
-    None when the file is empty, not a plain file, or has a carriage return or a UTF-8 byte-order mark."""
-    try:
-        with path.open("rb") as fh:
-            size, last = 0, b""
-            while chunk := fh.read(1 << 22):
-                if b"\r" in chunk or (size == 0 and chunk.startswith(b"\xef\xbb\xbf")):
-                    return None
-                size, last = size + len(chunk), chunk[-1:]
-    except OSError:
-        return None
-    return size + (last != b"\n") if size else None
-
-
-def _native(path: Path, sep: str, names: list[str]) -> pl.LazyFrame:
-    """Fast path: Polars' CSV reader -> String columns ``names`` (empty or padded -> None), ``__line``, ``__bytes``."""
-    lf = pl.scan_csv(
-        path, separator=sep, has_header=False, schema=dict.fromkeys(names, pl.String), quote_char=None,
-        row_index_name=LINE, row_index_offset=1,
-    )  # fmt: skip
-    size = pl.sum_horizontal([pl.col(n).str.len_bytes() for n in names]).cast(pl.UInt64) + len(names)  # null: 0
-    return lf.select(pl.col(LINE).cast(pl.UInt64), size.alias(BYTES), *names)
 
 
 def _split(lf: pl.LazyFrame, sep: str, names: list[str], unquote: bool = False) -> tuple[pl.LazyFrame, Check]:
@@ -237,8 +193,7 @@ class _Builder:
         raw, messages = _with_checks(lf, checks)
         self.raw.append(raw)
         self.messages.append(messages)
-        extra = [BYTES] if BYTES in lf.collect_schema().names() else []
-        self.frames.append(raw.select(LINE, BAD, *extra, *columns))
+        self.frames.append(raw.select(LINE, BAD, *columns))
 
     def source(self, fields: list[tuple[str, str]], files: list[Path]) -> Source:
         first = self.frames[0].collect_schema().names()
@@ -248,18 +203,14 @@ class _Builder:
         return Source(self.frames, fields, files, self.raw, self.messages)
 
 
-def _criteo(paths: list[Path], opts: dict[str, Any], native: bool = False) -> Source:
+def _criteo(paths: list[Path], opts: dict[str, Any]) -> Source:
     raw = ["__label", *CRITEO_NUMERIC, *CRITEO_CATEGORICAL]
     out = _Builder()
     for path in paths:
-        if native:  # the column count is checked per file (Source.sizes), not per row
-            lf, count_checks = _native(path, "\t", raw), []
-        else:
-            lf, count_check = _split(_lines(path, skip_first=False), "\t", raw)
-            count_checks = [count_check]
+        lf, count_check = _split(_lines(path, skip_first=False), "\t", raw)
         label, label_check = _label_01("__label")
         values, checks = _numbers(CRITEO_NUMERIC)
-        out.add(lf, [*count_checks, label_check, *checks], [label, *values, *CRITEO_CATEGORICAL])
+        out.add(lf, [count_check, label_check, *checks], [label, *values, *CRITEO_CATEGORICAL])
     fields = [(n, NUMERIC) for n in CRITEO_NUMERIC] + [(n, CATEGORICAL) for n in CRITEO_CATEGORICAL]
     return out.source(fields, paths)
 

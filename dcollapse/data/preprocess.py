@@ -143,10 +143,8 @@ def preprocess(
 ) -> dict[str, Any]:
     """Run the whole job: read ``inputs``, validate rows, build (or apply) vocabularies, split, write ``out_dir``.
 
-    The raw input is parsed once, streamed into a scratch Parquet file beside ``out_dir``; vocabulary counts and the
-    encoded splits are then cheap column scans of it. Criteo input is parsed with Polars' CSV reader first; only if
-    that finds a problem is it parsed again with the line reader, which locates the bad rows (see
-    :mod:`dcollapse.data.formats`). Returns the ``meta.json`` dict.
+    The raw input is parsed exactly once, streamed into a scratch Parquet file beside ``out_dir``; vocabulary
+    counts and the encoded splits are then cheap column scans of it. Returns the ``meta.json`` dict.
     Raises :class:`UserError` (nothing written) on bad input.
     """
     stage = on_stage or (lambda _: None)
@@ -169,13 +167,7 @@ def preprocess(
     with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.", suffix=".work", dir=out_dir.parent) as work:
         stage("parsing and checking rows")
         rows_file = Path(work) / "rows.parquet"
-        fast = formats.read(opts.format, paths, asdict(opts), native=True)
-        try:
-            per_file, bad = _parse(fast, opts, rows_file) if fast is not None else (None, None)
-        except pl.exceptions.PolarsError:  # e.g. a non-numeric value or an extra column: let the line reader say
-            per_file, bad = None, None
-        if per_file is None or not _proven(fast, per_file, bad):
-            per_file, bad = _run(lambda: _parse(source, opts, rows_file), source.files)
+        per_file, bad = _run(lambda: _parse(source, opts, rows_file), source.files)
         frame = pl.scan_parquet(rows_file)
         present = set(per_file[FILE].to_list())
         for k, path in enumerate(source.files):
@@ -228,19 +220,18 @@ def preprocess(
 
 
 def _parse(source: formats.Source, opts: Options, rows_file: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Stream the parsed rows of ``source`` into ``rows_file``; return the rows (and ``__bytes``) per file and the
-    bad rows (count, and file, line and check code of the first)."""
+    """Stream the parsed rows of ``source`` into ``rows_file``; return the rows per file and the bad rows (count,
+    and file, line and check code of the first)."""
     # Scratch file, read back once per field and once per split: lz4 and no statistics (zstd cost 15% more CPU in all,
     # statistics on the string columns another 10% of this pass).
     _combine(source, opts).sink_parquet(
         rows_file, compression="lz4", statistics=False, row_group_size=65536, engine="streaming"
     )
     frame = pl.scan_parquet(rows_file)
-    sizes = [pl.col(formats.BYTES).sum()] if source.sizes is not None else []
     return tuple(
         pl.collect_all(
             [
-                frame.group_by(FILE).agg(pl.len().alias("rows"), *sizes),
+                frame.group_by(FILE).agg(pl.len().alias("rows")),
                 frame.filter(pl.col(BAD).is_not_null()).select(
                     pl.len().alias("bad"), pl.col(FILE).first(), pl.col(LINE).first(), pl.col(BAD).first()
                 ),
@@ -248,12 +239,6 @@ def _parse(source: formats.Source, opts: Options, rows_file: Path) -> tuple[pl.D
             engine="streaming",
         )
     )
-
-
-def _proven(fast: formats.Source, per_file: pl.DataFrame, bad: pl.DataFrame) -> bool:
-    """Whether the fast parse is valid: no row failed a check and every file's bytes are accounted for."""
-    got = dict(per_file.select(FILE, formats.BYTES).iter_rows())
-    return int(bad["bad"][0]) == 0 and all(got.get(k) == size for k, size in enumerate(fast.sizes))
 
 
 def _validated(options: Options) -> Options:
