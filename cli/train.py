@@ -61,7 +61,17 @@ def train_command(
     batch_size: int | None = typer.Option(None, help="Training batch size. Default: 1024."),
     lr: float | None = typer.Option(None, help="Learning rate. Default: 0.001."),
     optimizer: str | None = typer.Option(None, help="adam | adagrad | sgd. Default: adam."),
-    l2_emb: float | None = typer.Option(None, help="L2 penalty on the embedding tables. Default: 0."),
+    l2_emb: float | None = typer.Option(
+        None, help="L2 penalty on the embedding tables (with --sparse-emb: on the rows of each batch only). Default: 0."
+    ),
+    sparse_emb: bool | None = typer.Option(
+        None,
+        "--sparse-emb/--no-sparse-emb",
+        help="Sparse table gradients: update only the embedding rows each batch reads (faster with large tables). "
+        "With --optimizer adam the tables use lazy Adam (torch SparseAdam: moments of absent rows are not decayed), "
+        "which is NOT the paper's dense Adam; adagrad and sgd give the dense result. One process only. "
+        "Default: dense.",
+    ),
     patience: int | None = typer.Option(
         None, help="Early stopping: epochs without a better valid AUC, 0 = off. Default: 2."
     ),
@@ -101,8 +111,8 @@ def train_command(
     options = {**(read_config(config_file) if config_file else {}), **given}
 
     from dcollapse import checkpoint
-    from dcollapse.distributed import from_env
-    from dcollapse.train import full_config, train
+    from dcollapse.distributed import from_env, world_size
+    from dcollapse.train import check_world, full_config, train
 
     previous = None
     if resume is not None:
@@ -118,6 +128,7 @@ def train_command(
     if data_dir is None or out_path is None:
         raise UserError("give DATA_DIR and --out (or --resume run.pt)")
     config = full_config(options)
+    check_world(config, max(nproc, world_size()))
     if nproc > 1:
         relaunch(ctx, nproc)
         return

@@ -41,6 +41,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "lr": 1e-3,
     "optimizer": "adam",
     "l2_emb": 0.0,
+    "sparse_emb": False,  # sparse table gradients, only the rows of a batch updated (lazy Adam with adam)
     "patience": 2,  # epochs without a better validation AUC before stopping; 0 = never stop early
     "seed": 0,
     "device": "auto",
@@ -50,6 +51,9 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 }
 TRACKABLE = ("richness",)
 OPTIMIZERS = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
+# sparse_emb: the tables' optimizer. SparseAdam is lazy Adam (rows absent from a batch keep their moments undecayed,
+# unlike dense Adam); Adagrad and SGD without momentum leave a row with a zero gradient unchanged, so they are exact.
+SPARSE_OPTIMIZERS = {"adam": torch.optim.SparseAdam, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
 SNAPSHOT_SEED = 0  # the collapse-snapshot batch is the same for every run on a dataset, whatever --seed
 EVAL_BATCH = 65_536
 
@@ -64,6 +68,8 @@ def full_config(config: dict[str, Any]) -> dict[str, Any]:
         raise UserError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {c['optimizer']!r}")
     if c["device"] not in ("auto", "cpu", "cuda"):
         raise UserError(f"device must be auto, cpu or cuda, not {c['device']!r}")
+    if not isinstance(c["sparse_emb"], bool):
+        raise UserError(f"sparse_emb must be true or false, not {c['sparse_emb']!r}")
     if int(c["chunk_rows"]) < 0:
         raise UserError(f"chunk_rows must be >= 0 (0 = load the whole train split), not {c['chunk_rows']}")
     for key in ("epochs", "batch_size", "snapshot_rows"):
@@ -84,17 +90,68 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
 
 
-def make_optimizer(model: CTRModel, config: dict[str, Any]) -> torch.optim.Optimizer:
-    """The optimizer; ``l2_emb`` is an L2 penalty (l2_emb / 2) * ||table||^2 on the embedding tables only."""
+def make_optimizer(model: CTRModel, config: dict[str, Any]) -> torch.optim.Optimizer | SparseTableOptimizer:
+    """The optimizer; ``l2_emb`` is an L2 penalty (l2_emb / 2) * ||table||^2 on the embedding tables only.
+
+    With ``sparse_emb`` the model's tables are switched to sparse gradients (``CTRModel.sparse_gradients``) and
+    get their own optimizer (:data:`SPARSE_OPTIMIZERS`) that updates only the rows of each batch; the L2 penalty
+    then applies lazily, to those rows only. Every other parameter gets the dense optimizer.
+    """
     tables = model.embedding_parameters()
     ids = {id(p) for p in tables}
     others = [p for p in model.parameters() if id(p) not in ids and p.requires_grad]
-    groups = [{"params": tables, "weight_decay": float(config["l2_emb"])}, {"params": others, "weight_decay": 0.0}]
-    optimizer = OPTIMIZERS[config["optimizer"]]
+    lr, l2 = float(config["lr"]), float(config["l2_emb"])
+    if config.get("sparse_emb", False):
+        model.sparse_gradients()
+        sparse = SPARSE_OPTIMIZERS[config["optimizer"]](tables, lr=lr)
+        return SparseTableOptimizer(sparse, dense_optimizer(config["optimizer"], [{"params": others}], lr), l2)
+    groups = [{"params": tables, "weight_decay": l2}, {"params": others, "weight_decay": 0.0}]
+    return dense_optimizer(config["optimizer"], groups, lr)
+
+
+def dense_optimizer(name: str, groups: list[dict[str, Any]], lr: float) -> torch.optim.Optimizer:
+    """``OPTIMIZERS[name]`` over the parameter ``groups``, fused where torch has a fused kernel."""
     try:  # the fused single-pass update is several times faster than the default, on CPU as on CUDA
-        return optimizer(groups, lr=float(config["lr"]), fused=True)
+        return OPTIMIZERS[name](groups, lr=lr, fused=True)
     except (RuntimeError, TypeError, ValueError):  # older torch, or a device without the fused kernel
-        return optimizer(groups, lr=float(config["lr"]))
+        return OPTIMIZERS[name](groups, lr=lr)
+
+
+class SparseTableOptimizer:
+    """The optimizer of a ``sparse_emb`` run, with the ``torch.optim.Optimizer`` methods :func:`train` uses.
+
+    ``tables`` steps the embedding tables from their sparse gradients (a [V, d] table's gradient holds the U rows
+    the batch read), ``dense`` every other parameter. ``l2`` > 0 adds l2 * row to the gradient of each row the
+    batch read, once per step (lazy L2: rows absent from a batch are not decayed, unlike dense weight decay).
+    """
+
+    def __init__(self, tables: torch.optim.Optimizer, dense: torch.optim.Optimizer, l2: float = 0.0) -> None:
+        self.tables, self.dense, self.l2 = tables, dense, l2
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.tables.zero_grad(set_to_none=set_to_none)
+        self.dense.zero_grad(set_to_none=set_to_none)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        # torch's sparse optimizers build sparse tensors of valid rows; skipping the invariant checks (explicitly,
+        # which also silences torch's warning about it) is what they do by default
+        with torch.sparse.check_sparse_tensor_invariants(enable=False):
+            if self.l2:
+                for table in self.tables.param_groups[0]["params"]:
+                    if table.grad is not None:
+                        grad = table.grad.coalesce()
+                        values = grad.values() + self.l2 * table.index_select(0, grad.indices()[0])
+                        table.grad = torch.sparse_coo_tensor(grad.indices(), values, table.shape, is_coalesced=True)
+            self.tables.step()
+        self.dense.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"tables": self.tables.state_dict(), "dense": self.dense.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.tables.load_state_dict(state["tables"])
+        self.dense.load_state_dict(state["dense"])
 
 
 def seed_epoch(seed: int, epoch: int) -> torch.Generator:
@@ -102,6 +159,14 @@ def seed_epoch(seed: int, epoch: int) -> torch.Generator:
     epoch_seed = int(seed) * 1_000_003 + epoch
     torch.manual_seed(epoch_seed)
     return torch.Generator().manual_seed(epoch_seed)
+
+
+def check_world(config: dict[str, Any], world: int) -> None:
+    """Refuse ``sparse_emb`` in a data-parallel run of ``world`` > 1 processes (DDP all-reduces dense gradients)."""
+    if config["sparse_emb"] and world > 1:
+        raise UserError(
+            "--sparse-emb does not work with data-parallel training (--nproc, torchrun); train on one process"
+        )
 
 
 def train_step(model: CTRModel, optimizer: torch.optim.Optimizer, ids: torch.Tensor, labels: torch.Tensor) -> float:
@@ -122,6 +187,7 @@ class SingleProcess:
     ranks of a data-parallel run (``batch_size`` stays the global batch)."""
 
     is_main = True  # the process that writes checkpoints
+    world = 1  # processes in the run
 
     def wrap(self, model: CTRModel) -> torch.nn.Module:
         """The module the training steps call."""
@@ -283,6 +349,7 @@ def train(
     config, out, data_dir = full_config(config), Path(out), Path(data_dir).resolve()
     if out.is_dir():
         raise UserError(f"{out}: is a directory; --out names the checkpoint file to write (e.g. {out / 'run.pt'})")
+    check_world(config, parallel.world)
     device = pick_device(config["device"])
 
     # Data: every split as one int32 id tensor [N, F] on the device.

@@ -15,7 +15,10 @@ class FieldEmbedding(nn.Module):
 
     ``num_sets`` = k independent embedding sets of width ``emb_dim`` (multi-embedding, Guo et al. 2024) are stored
     side by side in the columns: ``table`` [sum_f V_f, emb_dim * k], set m owns columns [m*emb_dim, (m+1)*emb_dim).
+    ``sparse`` = True makes the table's gradient a sparse tensor of the rows a batch read (see ``lookup``).
     """
+
+    sparse = False
 
     def __init__(self, vocab_sizes: list[int], emb_dim: int, num_sets: int = 1) -> None:
         super().__init__()
@@ -35,7 +38,7 @@ class FieldEmbedding(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """E [B, F, d_total] from local ids int [B, F]."""
-        return lookup(self.table, ids, self.offsets)
+        return lookup(self.table, ids, self.offsets, sparse=self.sparse)
 
     def field_table(self, field: int, embedding_set: int | None = None) -> torch.Tensor:
         """Rows of one field, [V_f, d_total] (or [V_f, emb_dim] for one ``embedding_set``); a view of ``table``."""

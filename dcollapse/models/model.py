@@ -163,7 +163,7 @@ class CTRModel(nn.Module):
         """Textbook FM's first-order term sum_f w[id_f], [B]; zeros when the model has none."""
         if self.first_order is None:
             return ids.new_zeros(ids.shape[0], dtype=self.embedding.table.dtype)
-        return lookup(self.first_order, ids, self.embedding.offsets).sum(dim=(1, 2))
+        return lookup(self.first_order, ids, self.embedding.offsets, sparse=self.embedding.sparse).sum(dim=(1, 2))
 
     def forward_from_embeddings(
         self, E: torch.Tensor, detach: str | None = None, ids: torch.Tensor | None = None
@@ -178,7 +178,7 @@ class CTRModel(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """Logits [B] from local ids int [B, F]."""
-        if self._fused:
+        if self._fused and not self.embedding.sparse:
             z = self.interaction.from_ids(self.embedding.table, ids, self.embedding.offsets)
             h = self._compose(z, None)
         else:
@@ -193,6 +193,13 @@ class CTRModel(nn.Module):
     def embedding_parameters(self) -> list[nn.Parameter]:
         """The per-feature tables (embeddings and the textbook first-order weights): what ``l2_emb`` regularises."""
         return [self.embedding.table] + ([self.first_order] if self.first_order is not None else [])
+
+    def sparse_gradients(self, sparse: bool = True) -> CTRModel:
+        """With ``sparse``, the tables of :meth:`embedding_parameters` get sparse gradients holding only the rows a
+        batch read (for optimizers that update only those rows); the fused lookup + interaction ops are skipped.
+        Returns the model."""
+        self.embedding.sparse = sparse
+        return self
 
 
 def vocab_sizes(meta: dict[str, Any]) -> list[int]:
