@@ -1,8 +1,17 @@
 """Training throughput (samples/s) of dcollapse models against a straightforward PyTorch implementation.
 
 The baseline is what common CTR libraries do: one ``nn.Embedding`` per field, the id matrix split into per-field
-columns, the interaction written in plain PyTorch. Both sides run the same math, Adam, BCE, batch and data; ours goes
-through ``dcollapse.train.train_step`` on a ``CTRModel`` (one concatenated table, ``dcollapse.kernels`` ops).
+columns, the interaction written in plain PyTorch. Both sides run the same math, BCE, batch and data; ours is a
+``CTRModel`` (one concatenated table, ``dcollapse.kernels`` ops) with the optimizer of ``dcollapse.train``. Four
+columns per model:
+
+- ours dense: the default, exact dense Adam over every table row (fused update);
+- ours sparse: ``sparse_emb`` (``--sparse-emb``): sparse table gradients of the batch's unique rows, lazy Adam
+  (``torch.optim.SparseAdam``) for the tables, fused dense Adam for the rest;
+- baseline dense: per-field ``nn.Embedding``, ``torch.optim.Adam`` with its defaults;
+- baseline sparse: per-field ``nn.Embedding(sparse=True)``, ``SparseAdam`` for the tables, ``Adam`` for the rest.
+
+A second table splits each step into forward (with the loss), backward and optimizer time.
 
 For models with a DNN it also reports the MLP's achieved GFLOP/s (forward + backward of the hidden layers alone)
 against plain ``torch.matmul`` on the same shapes (the practical ceiling on this machine).
@@ -23,7 +32,7 @@ from torch.nn import functional
 
 from dcollapse.data.dataset import load_meta, load_split
 from dcollapse.models import build_model
-from dcollapse.train import make_optimizer, train_step
+from dcollapse.train import SparseTableOptimizer, make_optimizer
 
 MODELS = {
     "FM": {"model": "fm", "arch": "none"},
@@ -35,10 +44,10 @@ MODELS = {
 class Baseline(nn.Module):
     """Per-field nn.Embedding modules + plain-PyTorch FM / DeepFM / DCNv2-stacked (paper-style heads)."""
 
-    def __init__(self, config: dict, vocab_sizes: list[int], emb_dim: int) -> None:
+    def __init__(self, config: dict, vocab_sizes: list[int], emb_dim: int, sparse: bool = False) -> None:
         super().__init__()
         self.kind = (config["model"], config["arch"])
-        self.embeddings = nn.ModuleList(nn.Embedding(v, emb_dim) for v in vocab_sizes)
+        self.embeddings = nn.ModuleList(nn.Embedding(v, emb_dim, sparse=sparse) for v in vocab_sizes)
         for emb in self.embeddings:
             nn.init.normal_(emb.weight, std=1e-4)
         flat = len(vocab_sizes) * emb_dim
@@ -64,23 +73,42 @@ class Baseline(nn.Module):
         return self.head(self.mlp(x)).squeeze(-1)
 
 
-def baseline_step(model: nn.Module, optimizer: torch.optim.Optimizer, ids: torch.Tensor, labels: torch.Tensor) -> float:
+def baseline_optimizer(model: Baseline, sparse: bool) -> torch.optim.Optimizer | SparseTableOptimizer:
+    """``torch.optim.Adam`` (defaults) over everything, or SparseAdam for the per-field tables + Adam for the rest."""
+    if not sparse:
+        return torch.optim.Adam(model.parameters(), lr=1e-3)
+    tables = [emb.weight for emb in model.embeddings]
+    others = [p for name, p in model.named_parameters() if not name.startswith("embeddings.")]
+    return SparseTableOptimizer(torch.optim.SparseAdam(tables, lr=1e-3), torch.optim.Adam(others, lr=1e-3))
+
+
+def timed_step(model, optimizer, ids: torch.Tensor, labels: torch.Tensor, phases: np.ndarray) -> float:
+    """``dcollapse.train.train_step`` with the seconds of forward (+ loss), backward and optimizer added to
+    ``phases`` [3]."""
+    t0 = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
     loss = functional.binary_cross_entropy_with_logits(model(ids), labels)
+    t1 = time.perf_counter()
     loss.backward()
+    t2 = time.perf_counter()
     optimizer.step()
-    return loss.item()
+    value = loss.item()
+    phases += (t1 - t0, t2 - t1, time.perf_counter() - t2)
+    return value
 
 
-def throughput(step, model, optimizer, ids, labels, batch: int, steps: int, warmup: int = 3) -> float:
-    """Samples/s over ``steps`` consecutive batches (after ``warmup`` steps)."""
+def throughput(model, optimizer, ids, labels, batch: int, steps: int, warmup: int = 3) -> tuple[float, np.ndarray]:
+    """(samples/s over ``steps`` consecutive batches after ``warmup`` steps, ms per step of forward, backward,
+    optimizer)."""
     starts = [(i * batch) % (len(ids) - batch + 1) for i in range(warmup + steps)]
+    phases = np.zeros(3)
     for s in starts[:warmup]:
-        step(model, optimizer, ids[s : s + batch], labels[s : s + batch])
+        timed_step(model, optimizer, ids[s : s + batch], labels[s : s + batch], phases)
+    phases[:] = 0
     begin = time.perf_counter()
     for s in starts[warmup:]:
-        step(model, optimizer, ids[s : s + batch], labels[s : s + batch])
-    return steps * batch / (time.perf_counter() - begin)
+        timed_step(model, optimizer, ids[s : s + batch], labels[s : s + batch], phases)
+    return steps * batch / (time.perf_counter() - begin), phases / steps * 1e3
 
 
 def timed(fn, repeats: int) -> float:
@@ -149,23 +177,46 @@ def main() -> None:
     batch = min(args.batch, len(ids))
     print(f"# {source}: {len(ids):,} rows, {len(vocab)} fields, {sum(vocab):,} table rows, emb {args.emb_dim}, "
           f"batch {batch}, {args.steps} steps, {args.threads} threads, torch {torch.__version__}")  # fmt: skip
-    print("| model | dcollapse samples/s | baseline samples/s | speedup | MLP GFLOP/s | matmul GFLOP/s |")
-    print("|---|---|---|---|---|---|")
+    variants = ("ours dense", "ours sparse", "baseline dense", "baseline sparse")
+    print(
+        "| model | " + " | ".join(f"{v} samples/s" for v in variants) + " | ours dense / baseline dense "
+        "| ours sparse / baseline dense | ours sparse / baseline sparse | MLP GFLOP/s | matmul GFLOP/s |"
+    )
+    print("|---" * 10 + "|")
+    breakdown = []
     for name in args.models.split(","):
-        config = {**MODELS[name], "emb_dim": args.emb_dim, "lr": 1e-3, "optimizer": "adam", "l2_emb": 0.0}
-        torch.manual_seed(0)
-        ours = build_model(config, meta)
-        ours_rate = throughput(train_step, ours, make_optimizer(ours, config), ids, labels, batch, args.steps)
-        torch.manual_seed(0)
-        base = Baseline(config, vocab, args.emb_dim)
-        base_opt = torch.optim.Adam(base.parameters(), lr=1e-3)
-        base_rate = throughput(baseline_step, base, base_opt, ids, labels, batch, args.steps)
+        rates = {}
+        for variant in variants:
+            sparse = variant.endswith("sparse")
+            config = {**MODELS[name], "emb_dim": args.emb_dim, "lr": 1e-3, "optimizer": "adam", "l2_emb": 0.0,
+                      "sparse_emb": sparse}  # fmt: skip
+            torch.manual_seed(0)
+            if variant.startswith("ours"):
+                model = ours = build_model(config, meta)
+                optimizer = make_optimizer(model, config)
+            else:
+                model = Baseline(config, vocab, args.emb_dim, sparse)
+                optimizer = baseline_optimizer(model, sparse)
+            rates[variant], phases = throughput(model, optimizer, ids, labels, batch, args.steps)
+            breakdown.append((name, variant, *phases))
         gflops = ("-", "-")
         if ours.mlp is not None:
             achieved, ceiling = mlp_gflops(ours.mlp, ours.mlp_linears(), batch)
             gflops = (f"{achieved:.1f}", f"{ceiling:.1f}")
-        speedup = ours_rate / base_rate
-        print(f"| {name} | {ours_rate:,.0f} | {base_rate:,.0f} | {speedup:.2f}x | {gflops[0]} | {gflops[1]} |")
+        base = rates["baseline dense"]
+        ratios = (
+            rates["ours dense"] / base,
+            rates["ours sparse"] / base,
+            rates["ours sparse"] / rates["baseline sparse"],
+        )
+        print(f"| {name} | " + " | ".join(f"{rates[v]:,.0f}" for v in variants) + " | "
+              + " | ".join(f"{r:.2f}x" for r in ratios) + f" | {gflops[0]} | {gflops[1]} |")  # fmt: skip
+    print()
+    print("| model | variant | forward ms | backward ms | optimizer ms | step ms |")
+    print("|---|---|---|---|---|---|")
+    for name, variant, forward, backward, optimizer in breakdown:
+        total = forward + backward + optimizer
+        print(f"| {name} | {variant} | {forward:.1f} | {backward:.1f} | {optimizer:.1f} | {total:.1f} |")
 
 
 if __name__ == "__main__":
