@@ -439,3 +439,40 @@ def test_blank_line_deep_in_a_file_is_skipped_not_counted(tmp_path):
     src = write_lines(tmp_path / "blank.txt", [*lines[:1500], "", *lines[1500:]])
     meta = run([src], tmp_path / "out", format="criteo")
     assert meta["skipped_rows"] == 0 and sum(s["rows"] for s in meta["splits"].values()) == 2000
+
+
+def test_native_criteo_reader_matches_the_checked_line_reader(tmp_path, monkeypatch):
+    import dcollapse.data.preprocess as pp
+
+    src = write_lines(tmp_path / "train.txt", _criteo_lines(3000))
+    checked = pp._parse_checked
+    monkeypatch.setattr(pp, "_parse_checked", lambda *a: pytest.fail("a well-formed file took the line reader"))
+    run([src], tmp_path / "native", format="criteo", min_count=2)
+    monkeypatch.setattr(pp, "_parse_checked", checked)
+    monkeypatch.setattr(pp, "_parse_fast", lambda *a: None)
+    run([src], tmp_path / "checked", format="criteo", min_count=2)
+    got, want = _outputs(tmp_path / "native"), _outputs(tmp_path / "checked")
+    assert got[0] == want[0] and got[2].equals(want[2])
+    assert all(a.equals(b) for a, b in zip(got[1], want[1], strict=True))
+
+
+def test_short_and_long_rows_that_balance_the_tab_count_are_still_found(tmp_path):
+    lines = _criteo_lines(2000)
+    lines[100] = "\t".join(["0"] * 39)  # one tab short ...
+    lines[1500] = "\t".join(["0"] * 41)  # ... and one too many: the file's tab count is 39 per line on average
+    src = write_lines(tmp_path / "ragged.txt", lines)
+    with pytest.raises(UserError, match="line 101: expected 40 columns, found 39"):
+        run([src], tmp_path / "out", format="criteo")
+
+
+@pytest.mark.parametrize("values", [[-0.25, 0.5, 1.5, 7.0], [-5e6, 3.0, 4e6]], ids=["fractional", "wide-range"])
+def test_numeric_tokens_that_are_not_small_integers_get_their_ids(tmp_path, values):
+    """The log rule keeps v <= 2 as is: fractional or far-apart bins take the sorted-search lookup, not the table."""
+    train = [f"{i % 2},{values[i % len(values)]}" for i in range(40)]
+    src = write_lines(tmp_path / "d.csv", ["y,x", *train, "0,", "1,-0.75"])  # a missing value, an unseen one
+    run([src], tmp_path / "out", format="csv", label="y", numeric=["x"], **ALL_TRAIN, min_count=2)
+    vocab = vocab_of(tmp_path / "out", "x")
+    bins = [v if v <= 2 else math.floor(math.log(v) ** 2) for v in values]
+    assert set(vocab) == {str(float(b)) for b in bins}
+    want = [vocab[str(float(bins[i % len(values)]))] for i in range(40)] + [1, 0]
+    assert frame(tmp_path / "out")["x"].to_list() == want

@@ -192,7 +192,8 @@ def preprocess(
         else:
             numeric_edges = _numeric_edges(good, source, opts)
             keys = _keys(good, source, numeric_edges)
-            counts = _run(lambda: pl.collect_all([_count_query(keys, n) for n in names], engine="streaming"), [])
+            # One streaming query per field (each reads one column): together they took 4x the memory at 1e7 rows.
+            counts = _run(lambda: [_count_query(keys, n).collect(engine="streaming") for n in names], [])
             vocab = _build_vocab(names, [codes.with_tokens(n, c) for n, c in zip(names, counts, strict=True)],
                                  opts.min_count)  # fmt: skip
             size_of = dict(vocab.group_by("field").agg(pl.col("id").max()).iter_rows())
@@ -391,31 +392,43 @@ class Codes:
     def ids(self, name: str, vocab: pl.DataFrame) -> pl.Expr:
         """Expression: the keys in column ``name`` -> int32 ids per ``vocab`` (``token``, ``id`` of this field).
 
-        One array lookup per value (numpy, per streamed batch): far cheaper than a hash-map ``replace``.
+        One gather per value from a table of ids, ``table[slot]``, with two last slots for unknown keys (id 0) and
+        missing values (id 1): categorical slot = code; numeric slot = bin - smallest bin when every bin in the
+        vocabulary is an integer (Criteo's log rule on integers, quantile bins), else a sorted search in numpy.
+        A hash-map ``replace`` instead took 4x the time and 5x the memory at 1e7 rows.
         """
-        ids = vocab["id"].to_numpy().astype(np.int32)
-        col = pl.col(name)
+        col, ids = pl.col(name), vocab["id"].to_numpy().astype(np.int32)
         if name in self.categories:
             # The codes of the vocabulary's tokens (a token unseen in this input gets a new code that no row has).
-            code = vocab["token"].cast(pl.Categorical(self.categories[name])).to_physical().to_numpy()
-            table = np.zeros(len(self.categories[name].to_series()) + 1, dtype=np.int32)  # unknown code -> 0 (OOV)
-            table[code] = ids
-            table[-1] = 1  # the last slot stands for a missing value
-
-            def lookup(keys: pl.Series) -> pl.Series:
-                return pl.Series(table[keys.to_numpy()], dtype=pl.Int32)
-
-            keys = col.fill_null(len(table) - 1)
+            slots = vocab["token"].cast(pl.Categorical(self.categories[name])).to_physical().to_numpy()
+            size = len(self.categories[name].to_series())
+            slot = col.cast(pl.Int64)
         else:
             values = vocab["token"].cast(pl.Float64).to_numpy()
-            order = np.argsort(values, kind="stable")
+            if len(values) and not (np.isfinite(values).all() and (values == np.floor(values)).all()):
+                return _float_lookup(col, values, ids)
+            low = int(values.min()) if len(values) else 0
+            size = int(values.max()) - low + 1 if len(values) else 0
+            if size > 1 << 22:
+                return _float_lookup(col, values, ids)
+            slots = values.astype(np.int64) - low
+            known = (col == col.floor()) & (col >= low) & (col < low + size)
+            slot = pl.when(known).then((col - low).cast(pl.Int64)).otherwise(size)
+        table = np.zeros(size + 2, dtype=np.int32)  # slot `size`: unknown -> 0 (OOV)
+        table[slots] = ids
+        table[size + 1] = 1  # missing
+        return pl.lit(pl.Series(table)).gather(pl.when(col.is_null()).then(size + 1).otherwise(slot)).alias(name)
 
-            def lookup(keys: pl.Series) -> pl.Series:
-                return pl.Series(_float_ids(keys.to_numpy(), values[order], ids[order]), dtype=pl.Int32)
 
-            keys = col
-        mapped = keys.map_batches(lookup, return_dtype=pl.Int32, is_elementwise=True)
-        return pl.when(col.is_null()).then(pl.lit(1, dtype=pl.Int32)).otherwise(mapped).alias(name)
+def _float_lookup(col: pl.Expr, values: np.ndarray, ids: np.ndarray) -> pl.Expr:
+    """Expression: numeric keys -> ids by a sorted search per streamed batch (for bins that are not small integers)."""
+    order = np.argsort(values, kind="stable")
+
+    def lookup(keys: pl.Series) -> pl.Series:
+        return pl.Series(_float_ids(keys.to_numpy(), values[order], ids[order]), dtype=pl.Int32)
+
+    mapped = col.map_batches(lookup, return_dtype=pl.Int32, is_elementwise=True)
+    return pl.when(col.is_null()).then(pl.lit(1, dtype=pl.Int32)).otherwise(mapped).alias(col.meta.output_name())
 
 
 def _float_ids(x: np.ndarray, values: np.ndarray, ids: np.ndarray) -> np.ndarray:
