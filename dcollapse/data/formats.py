@@ -12,6 +12,9 @@ Text formats are read line by line with ``polars.scan_lines`` and split with vec
 malformed row is detected and located exactly (wrong column count, non-numeric value, bad label) without a Python
 loop over rows. Limitation: CSV fields that contain the separator inside quotes are not supported (such a row is
 reported as having the wrong number of columns); surrounding double quotes are removed from values.
+
+A well-formed Criteo file can also be read by :func:`criteo_native` (Polars' multi-threaded CSV reader, categorical
+columns straight into ``pl.Categorical``); the caller falls back to :func:`read` for any file it cannot prove good.
 """
 
 from __future__ import annotations

@@ -237,7 +237,7 @@ def _parse_checked(source: formats.Source, opts: Options, rows_file: Path) -> tu
 def _parse_fast(
     source: formats.Source, opts: Options, rows_file: Path
 ) -> tuple[Codes, pl.DataFrame, pl.DataFrame] | None:
-    """Criteo files read by Polars' native CSV reader (3-4x faster than the line reader) when they are well formed;
+    """Criteo files read by Polars' native CSV reader (20% less CPU for the whole job at 1e7 rows) when well formed;
     None (nothing kept) when any row is not, so that :func:`_parse_checked` explains or skips it."""
     if opts.format != "criteo":
         return None
