@@ -84,6 +84,7 @@ def train_command(
     config_file: Path | None = typer.Option(None, "--config", help="TOML file with any of these options."),
     resume: Path | None = typer.Option(None, help="Continue the run saved in this checkpoint."),
     save_every_epoch: bool = typer.Option(False, help="Also keep OUT.epochN.pt after every epoch."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out checkpoint."),
     track: str | None = typer.Option(
         None, help="Extra per-epoch diagnostics in the history, comma-separated: richness (D_LR and NC1)."
     ),
@@ -101,7 +102,7 @@ def train_command(
     Example: dcollapse train data/criteo --model fm --arch parallel --epochs 2 --out runs/deepfm.pt
     """
     given = {key: value for key, value in locals().items() if value is not None}  # first: only options here
-    given.pop("save_every_epoch")
+    given.pop("save_every_epoch"), given.pop("overwrite")
     for key in ("ctx", "data_dir", "out_path", "config_file", "resume", "nproc"):
         given.pop(key, None)
     if isinstance(given.get("dnn"), str):
@@ -127,6 +128,9 @@ def train_command(
         out_path = out_path or resume
     if data_dir is None or out_path is None:
         raise UserError("give DATA_DIR and --out (or --resume run.pt)")
+    continues = resume is not None and out_path.resolve() == resume.resolve()
+    if out_path.is_file() and not (overwrite or continues):
+        raise UserError(f"{out_path}: already exists (pass --overwrite to replace it, or --resume to continue it)")
     config = full_config(options)
     check_world(config, max(nproc, world_size()))
     if nproc > 1:

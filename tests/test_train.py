@@ -212,6 +212,19 @@ def test_cli_resume_continues_the_run(tiny, tmp_path):
     assert result.exit_code == 2 and "emb_dim" in result.output
 
 
+def test_cli_refuses_to_overwrite_a_checkpoint_unless_asked(tiny, tmp_path):
+    out = tmp_path / "run.pt"
+    args = ["train", str(tiny), "--epochs", "1", "--emb-dim", "4", "--out", str(out)]
+    assert runner.invoke(app, args).exit_code == 0
+    before = out.read_bytes()
+    result = runner.invoke(app, [*args[:-2], "--seed", "1", "--out", str(out)])
+    assert result.exit_code == 2 and "already exists (pass --overwrite" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and out.read_bytes() == before
+    result = runner.invoke(app, [*args[:-2], "--seed", "1", "--out", str(out), "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert checkpoint.load(out)["config"]["seed"] == 1
+
+
 def test_cli_ctrl_c_keeps_best_so_far_and_exits_130(tiny, tmp_path, monkeypatch):
     out = tmp_path / "run.pt"
     original = training.train_epoch
