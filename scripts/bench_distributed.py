@@ -37,7 +37,7 @@ def samples_per_s(data: Path, out: Path, flags: list[str], run: str, args: argpa
     nproc, threads = run.split("x")
     command = [sys.executable, "-m", "dcollapse", "train", str(data), "--out", str(out), *flags]
     command += ["--epochs", str(args.epochs), "--patience", "0", "--batch-size", str(args.batch_size)]
-    command += ["--emb-dim", "16", "--snapshot-rows", "2000", "--device", "cpu", "--nproc", nproc]
+    command += ["--emb-dim", "16", "--snapshot-rows", "2000", "--device", "cpu", "--nproc", nproc, "--overwrite"]
     subprocess.run(command, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": threads})
     return statistics.median(h["samples_per_s"] for h in checkpoint.load(out)["history"][1:])
 
