@@ -476,3 +476,19 @@ def test_numeric_tokens_that_are_not_small_integers_get_their_ids(tmp_path, valu
     assert set(vocab) == {str(float(b)) for b in bins}
     want = [vocab[str(float(bins[i % len(values)]))] for i in range(40)] + [1, 0]
     assert frame(tmp_path / "out")["x"].to_list() == want
+
+
+def test_input_scan_hashes_and_counts_bytes_like_hashlib_and_numpy(tmp_path, monkeypatch):
+    import hashlib
+
+    import dcollapse.data.preprocess as pp
+
+    monkeypatch.setattr(pp.InputScan, "BLOCK", 7)  # many blocks, a line split across them
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_bytes(b"0\t1\r\n1\t2\n\n")
+    b.write_bytes(b"no newline at the end\t")
+    with pp.InputScan([a, b], counted=b"\t\r") as scan:
+        files = scan.result()
+        digest = hashlib.sha256(b"".join(hashlib.sha256(p.read_bytes()).digest() for p in (a, b))).hexdigest()
+        assert scan.input_hash() == "sha256:" + digest
+    assert [(f.lines, f.counts) for f in files] == [(3, {b"\t": 2, b"\r": 1}), (1, {b"\t": 1, b"\r": 0})]

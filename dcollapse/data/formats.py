@@ -14,7 +14,8 @@ loop over rows. Limitation: CSV fields that contain the separator inside quotes 
 reported as having the wrong number of columns); surrounding double quotes are removed from values.
 
 A well-formed Criteo file can also be read by :func:`criteo_native` (Polars' multi-threaded CSV reader, categorical
-columns straight into ``pl.Categorical``); the caller falls back to :func:`read` for any file it cannot prove good.
+columns straight into ``pl.Categorical``); the caller falls back to :func:`read` for any file it cannot prove good
+(:func:`criteo_bytes_ok`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 from dcollapse.errors import UserError
@@ -220,28 +220,14 @@ def _criteo(paths: list[Path], opts: dict[str, Any]) -> Source:
     return out.source(fields, paths)
 
 
-def criteo_native(path: Path, categories: Mapping[str, pl.Categories]) -> tuple[pl.LazyFrame, int] | None:
+def criteo_native(path: Path, categories: Mapping[str, pl.Categories]) -> pl.LazyFrame:
     """Fast reader of a well-formed Criteo file: Polars' native multi-threaded CSV reader, categorical columns read
     straight into ``pl.Categorical(categories[name])``; the same columns (and line numbers) as :func:`read`.
 
-    Returns (frame, number of lines), or None when a byte count already shows the file is not plain well-formed
-    Criteo (a line without exactly 39 tabs, a CR): the caller then uses :func:`read`, which locates every problem.
-    Rows the native reader cannot prove good (a field it cannot parse, more than 40 fields: an error; a bad label:
-    ``__bad`` set) also send the caller to :func:`read` — with 39 tabs per line on average and none above, no row
-    is short.
+    It proves less than :func:`read`: a row with more than 40 fields or a field it cannot parse is an error, a bad
+    label sets ``__bad``, but a short row reads as missing values and a CR stays in the last token. The caller
+    checks the byte counts (:func:`criteo_bytes_ok`) and uses :func:`read` for any file that fails either.
     """
-    tabs = newlines = carriage_returns = 0
-    last = b"\n"
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 24):
-            data = np.frombuffer(block, dtype=np.uint8)
-            tabs += int(np.count_nonzero(data == 9))
-            newlines += int(np.count_nonzero(data == 10))
-            carriage_returns += int(np.count_nonzero(data == 13))
-            last = block[-1:]
-    lines = newlines + (last != b"\n")
-    if carriage_returns or tabs != 39 * lines:
-        return None
     label = pl.col("__label")
     schema = {
         "__label": pl.String,
@@ -253,7 +239,14 @@ def criteo_native(path: Path, categories: Mapping[str, pl.Categories]) -> tuple[
     )
     bad = pl.when(label.is_in(["0", "1"]).fill_null(False).not_()).then(pl.lit(0, dtype=pl.Int16)).alias(BAD)
     columns = [label.cast(pl.Int8, strict=False).alias(LABEL), *CRITEO_NUMERIC, *CRITEO_CATEGORICAL]
-    return lf.select(pl.col(LINE).cast(pl.UInt64), bad, *columns), lines
+    return lf.select(pl.col(LINE).cast(pl.UInt64), bad, *columns)
+
+
+def criteo_bytes_ok(counts: Mapping[bytes, int], lines: int, rows: int) -> bool:
+    """Whether a file that :func:`criteo_native` read as ``rows`` rows is plain Criteo: ``counts`` of its tab, LF and
+    CR bytes, ``lines`` its number of lines. No CR, and 39 tabs per line on average: as no line has more (the
+    reader's error), every line has exactly 39, so none is short or blank, and row k is line k."""
+    return counts[b"\r"] == 0 and counts[b"\t"] == 39 * lines and rows == lines
 
 
 def _avazu(paths: list[Path], opts: dict[str, Any]) -> Source:

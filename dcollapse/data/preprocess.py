@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -170,10 +171,11 @@ def preprocess(
     if transform is not None and names != [f["name"] for f in transform["fields"]]:
         raise UserError(f"{paths[0]}: fields differ from the dataset in --apply {opts.apply}")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.", suffix=".work", dir=out_dir.parent) as work:
+    scan = InputScan(source.files, counted=b"\t\r" if opts.format == "criteo" else b"")
+    with scan, tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.", suffix=".work", dir=out_dir.parent) as work:
         stage("parsing and checking rows")
         rows_file = Path(work) / "rows.parquet"
-        codes, per_file, bad = _parse_fast(source, opts, rows_file) or _parse_checked(source, opts, rows_file)
+        codes, per_file, bad = _parse_fast(source, opts, rows_file, scan) or _parse_checked(source, opts, rows_file)
         frame = pl.scan_parquet(rows_file)
         present = set(per_file[FILE].to_list())
         for k, path in enumerate(source.files):
@@ -215,7 +217,7 @@ def preprocess(
                 fields_meta,
                 name=out_dir.name,
                 options=asdict(opts),
-                input_hash=input_hash(source.files),
+                input_hash=scan.input_hash(),
                 skipped_rows=skipped,
                 overwrite=overwrite,
                 extra_files={
@@ -235,22 +237,23 @@ def _parse_checked(source: formats.Source, opts: Options, rows_file: Path) -> tu
 
 
 def _parse_fast(
-    source: formats.Source, opts: Options, rows_file: Path
+    source: formats.Source, opts: Options, rows_file: Path, scan: InputScan
 ) -> tuple[Codes, pl.DataFrame, pl.DataFrame] | None:
     """Criteo files read by Polars' native CSV reader (20% less CPU for the whole job at 1e7 rows) when well formed;
     None (nothing kept) when any row is not, so that :func:`_parse_checked` explains or skips it."""
     if opts.format != "criteo":
         return None
     codes = Codes(source)
-    native = [formats.criteo_native(path, codes.categories) for path in source.files]
-    if any(n is None for n in native):
-        return None
+    native = replace(source, frames=[formats.criteo_native(path, codes.categories) for path in source.files])
     try:
-        per_file, bad = _parse(codes.encode(_combine(replace(source, frames=[f for f, _ in native]), opts)), rows_file)
+        per_file, bad = _parse(codes.encode(_combine(native, opts)), rows_file)
     except pl.exceptions.PolarsError:  # a field the native reader cannot parse, or a row with too many fields
         return None
     rows = dict(per_file.iter_rows())
-    if int(bad["bad"][0]) or any(rows.get(k, 0) != lines for k, (_, lines) in enumerate(native)):
+    files = scan.result()
+    if int(bad["bad"][0]) or not all(
+        formats.criteo_bytes_ok(f.counts, f.lines, rows.get(k, 0)) for k, f in enumerate(files)
+    ):
         return None
     return codes, per_file, bad
 
@@ -496,13 +499,66 @@ def _unreadable(files: list[Path]) -> Path | None:
     return None
 
 
-def input_hash(files: list[Path]) -> str:
-    """sha256 over the bytes of ``files`` in order (names excluded)."""
-    digest = hashlib.sha256()
-    for path in files:
-        with path.open("rb") as fh:
-            digest.update(hashlib.file_digest(fh, "sha256").digest())
-    return "sha256:" + digest.hexdigest()
+@dataclass
+class FileBytes:
+    """One input file's sha256 ``digest``, its number of ``lines`` and the ``counts`` of some bytes."""
+
+    digest: bytes
+    lines: int
+    counts: dict[bytes, int]
+
+
+class InputScan:
+    """Reads every input file once, in a background thread, while Polars parses them: the sha256 of each (for
+    ``meta.json``'s input hash) and the counts of the ``counted`` bytes (for the native Criteo reader's proof).
+
+    At 1e7 Criteo rows the hash alone took 5.7 s after the job; overlapped, it costs little wall time. Use as a
+    context manager: leaving it stops the thread at its next block.
+    """
+
+    BLOCK = 1 << 24
+
+    def __init__(self, files: list[Path], counted: bytes = b"") -> None:
+        self._stop = threading.Event()
+        self._files: list[FileBytes] = []
+        self._error: OSError | None = None
+        self._thread = threading.Thread(target=self._run, args=(files, counted), daemon=True)
+        self._thread.start()
+
+    def _run(self, files: list[Path], counted: bytes) -> None:
+        try:
+            for path in files:
+                digest, newlines, last = hashlib.sha256(), 0, b"\n"
+                counts = {bytes([b]): 0 for b in counted}
+                with path.open("rb") as fh:
+                    while not self._stop.is_set() and (block := fh.read(self.BLOCK)):
+                        digest.update(block)
+                        data = np.frombuffer(block, dtype=np.uint8)
+                        newlines += int(np.count_nonzero(data == 10))
+                        for byte in counts:
+                            counts[byte] += int(np.count_nonzero(data == byte[0]))
+                        last = block[-1:]
+                self._files.append(FileBytes(digest.digest(), newlines + (last != b"\n"), counts))
+        except OSError as exc:
+            self._error = exc
+
+    def result(self) -> list[FileBytes]:
+        """Per input file, in order (waits for the thread)."""
+        self._thread.join()
+        if self._error is not None:
+            raise UserError(f"{self._error.filename}: cannot read ({self._error.strerror})")
+        return self._files
+
+    def input_hash(self) -> str:
+        """sha256 over the sha256 digests of the files in order (names excluded)."""
+        return "sha256:" + hashlib.sha256(b"".join(f.digest for f in self.result())).hexdigest()
+
+    def __enter__(self) -> InputScan:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _load_transform(data_dir: Path) -> dict[str, Any]:
