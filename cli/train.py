@@ -72,6 +72,12 @@ def train_command(
         "which is NOT the paper's dense Adam; adagrad and sgd give the dense result. One process only. "
         "Default: dense.",
     ),
+    compile: bool | None = typer.Option(
+        None,
+        "--compile/--no-compile",
+        help="torch.compile the training steps (fused C++ loops on the CPU; the first steps compile for seconds "
+        "and need a C++ compiler). Same math, float rounding may differ. Default: off.",
+    ),
     patience: int | None = typer.Option(
         None, help="Early stopping: epochs without a better valid AUC, 0 = off. Default: 2."
     ),

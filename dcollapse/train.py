@@ -42,6 +42,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "optimizer": "adam",
     "l2_emb": 0.0,
     "sparse_emb": False,  # sparse table gradients, only the rows of a batch updated (lazy Adam with adam)
+    "compile": False,  # torch.compile the training forward and backward (Inductor: C++ on the CPU, Triton on CUDA)
     "patience": 2,  # epochs without a better validation AUC before stopping; 0 = never stop early
     "seed": 0,
     "device": "auto",
@@ -68,8 +69,9 @@ def full_config(config: dict[str, Any]) -> dict[str, Any]:
         raise UserError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {c['optimizer']!r}")
     if c["device"] not in ("auto", "cpu", "cuda"):
         raise UserError(f"device must be auto, cpu or cuda, not {c['device']!r}")
-    if not isinstance(c["sparse_emb"], bool):
-        raise UserError(f"sparse_emb must be true or false, not {c['sparse_emb']!r}")
+    for key in ("sparse_emb", "compile"):
+        if not isinstance(c[key], bool):
+            raise UserError(f"{key} must be true or false, not {c[key]!r}")
     if int(c["chunk_rows"]) < 0:
         raise UserError(f"chunk_rows must be >= 0 (0 = load the whole train split), not {c['chunk_rows']}")
     for key in ("epochs", "batch_size", "snapshot_rows"):
@@ -386,6 +388,8 @@ def train(
         progress = Progress(**state["progress"])
         history, best_state = list(resume["history"]), resume["state_dict"]
     trainer = parallel.wrap(model)
+    if config["compile"]:  # the training steps only: evaluation and snapshots run the model as it is
+        trainer = torch.compile(trainer)
 
     def make_checkpoint(test: dict[str, float] | None = None) -> dict[str, Any]:
         return run_checkpoint(test) | {

@@ -2,14 +2,16 @@
 
 The baseline is what common CTR libraries do: one ``nn.Embedding`` per field, the id matrix split into per-field
 columns, the interaction written in plain PyTorch. Both sides run the same math, BCE, batch and data; ours is a
-``CTRModel`` (one concatenated table, ``dcollapse.kernels`` ops) with the optimizer of ``dcollapse.train``. Four
-columns per model:
+``CTRModel`` (one concatenated table, ``dcollapse.kernels`` ops) with the optimizer of ``dcollapse.train``. The
+variants per model:
 
 - ours dense: the default, exact dense Adam over every table row (fused update);
 - ours sparse: ``sparse_emb`` (``--sparse-emb``): sparse table gradients of the batch's unique rows, lazy Adam
   (``torch.optim.SparseAdam``) for the tables, fused dense Adam for the rest;
 - baseline dense: per-field ``nn.Embedding``, ``torch.optim.Adam`` with its defaults;
-- baseline sparse: per-field ``nn.Embedding(sparse=True)``, ``SparseAdam`` for the tables, ``Adam`` for the rest.
+- baseline sparse: per-field ``nn.Embedding(sparse=True)``, ``SparseAdam`` for the tables, ``Adam`` for the rest;
+- "+ compile": the same model under ``torch.compile`` (``--compile``; the optimizer step stays outside), timed
+  after the warm-up steps that compile it. ``--no-compile`` leaves these out.
 
 The variants are timed in ``--repeats`` interleaved rounds and each reports its fastest round (less exposed to
 other jobs on a shared machine). A second table splits that round's steps into forward (with the loss), backward
@@ -166,8 +168,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument(
-        "--repeats", type=int, default=3, help="timing rounds over the four variants in turn; the best round counts"
+        "--repeats", type=int, default=3, help="timing rounds over the variants in turn; the best round counts"
     )
+    parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile variants")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -182,26 +185,28 @@ def main() -> None:
     batch = min(args.batch, len(ids))
     print(f"# {source}: {len(ids):,} rows, {len(vocab)} fields, {sum(vocab):,} table rows, emb {args.emb_dim}, "
           f"batch {batch}, {args.steps} steps, {args.threads} threads, torch {torch.__version__}")  # fmt: skip
-    variants = ("ours dense", "ours sparse", "baseline dense", "baseline sparse")
-    print(
-        "| model | " + " | ".join(f"{v} samples/s" for v in variants) + " | ours dense / baseline dense "
-        "| ours sparse / baseline dense | ours sparse / baseline sparse | MLP GFLOP/s | matmul GFLOP/s |"
-    )
-    print("|---" * 10 + "|")
+    variants = ["ours dense", "ours sparse", "baseline dense", "baseline sparse"]
+    if not args.no_compile:
+        variants += ["ours dense + compile", "ours sparse + compile", "baseline dense + compile"]
+    columns = ["samples/s", "vs baseline dense", "vs baseline, same variant", "MLP GFLOP/s", "matmul GFLOP/s"]
+    print("| model | variant | " + " | ".join(columns) + " |")
+    print("|---" * 7 + "|")
     breakdown = []
     for name in args.models.split(","):
         runs = {}
         for variant in variants:
-            sparse = variant.endswith("sparse")
+            sparse = "sparse" in variant
             config = {**MODELS[name], "emb_dim": args.emb_dim, "lr": 1e-3, "optimizer": "adam", "l2_emb": 0.0,
                       "sparse_emb": sparse}  # fmt: skip
             torch.manual_seed(0)
             if variant.startswith("ours"):
-                model = ours = build_model(config, meta)
-                runs[variant] = (model, make_optimizer(model, config))
+                model = build_model(config, meta)
+                optimizer = make_optimizer(model, config)
             else:
                 model = Baseline(config, vocab, args.emb_dim, sparse)
-                runs[variant] = (model, baseline_optimizer(model, sparse))
+                optimizer = baseline_optimizer(model, sparse)
+            runs[variant] = (torch.compile(model) if variant.endswith("compile") else model, optimizer)
+        ours = runs["ours dense"][0]
         best = {}  # variant -> (samples/s, phases) of its fastest round; rounds interleave the variants
         for _ in range(args.repeats):
             for variant, (model, optimizer) in runs.items():
@@ -213,14 +218,11 @@ def main() -> None:
         if ours.mlp is not None:
             achieved, ceiling = mlp_gflops(ours.mlp, ours.mlp_linears(), batch)
             gflops = (f"{achieved:.1f}", f"{ceiling:.1f}")
-        base = rates["baseline dense"]
-        ratios = (
-            rates["ours dense"] / base,
-            rates["ours sparse"] / base,
-            rates["ours sparse"] / rates["baseline sparse"],
-        )
-        print(f"| {name} | " + " | ".join(f"{rates[v]:,.0f}" for v in variants) + " | "
-              + " | ".join(f"{r:.2f}x" for r in ratios) + f" | {gflops[0]} | {gflops[1]} |")  # fmt: skip
+        for variant in variants:
+            twin = variant.replace("ours", "baseline")
+            same = f"{rates[variant] / rates[twin]:.2f}x" if variant.startswith("ours") and twin in rates else "-"
+            print(f"| {name} | {variant} | {rates[variant]:,.0f} | {rates[variant] / rates['baseline dense']:.2f}x "
+                  f"| {same} | {gflops[0]} | {gflops[1]} |")  # fmt: skip
     print()
     print("| model | variant | forward ms | backward ms | optimizer ms | step ms |")
     print("|---|---|---|---|---|---|")
