@@ -14,7 +14,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from dcollapse.cli.common import emit, err, handles_errors, out
+from dcollapse.cli.common import check_dataset, emit, err, handles_errors, out
 from dcollapse.errors import CheckFailed, UserError
 from dcollapse.metrics import DEFAULT_BATCH_ROWS, DEFAULT_SEED
 
@@ -61,31 +61,15 @@ def load_run(path: Path, data: Path | None) -> Run:
         raise UserError(f"{path}: a {kind!r} checkpoint; these reports read CTR checkpoints from `dcollapse train`")
     model = load_model(ckpt)
     if data is not None:
-        _check_dataset(data, ckpt, path)
+        check_dataset(data, ckpt, path)
         return Run(path, ckpt, model, data, None)
     stored = (ckpt.get("data") or {}).get("path")
     if not stored:
         return Run(path, ckpt, model, None, "the checkpoint stores no dataset path (pass --data DIR)")
     if not (Path(stored) / "meta.json").is_file():
         return Run(path, ckpt, model, None, f"dataset {stored} not found (pass --data DIR)")
-    _check_dataset(Path(stored), ckpt, path)
+    check_dataset(Path(stored), ckpt, path)
     return Run(path, ckpt, model, Path(stored), None)
-
-
-def _check_dataset(data: Path, ckpt: dict[str, Any], ckpt_path: Path) -> None:
-    """Refuse a dataset whose fields or vocabularies differ from the checkpoint's; warn on a different hash."""
-    from dcollapse.data.dataset import load_meta
-
-    meta = load_meta(data)
-    want = [(f["name"], int(f["vocab_size"])) for f in ckpt["meta"]["fields"]]
-    have = [(f["name"], int(f["vocab_size"])) for f in meta["fields"]]
-    if want != have:
-        pairs = zip(want, have, strict=False)
-        diff = next((f"{w} vs data {h}" for w, h in pairs if w != h), f"{len(want)} vs data {len(have)} fields")
-        raise UserError(f"{data}: fields (name, vocab size) differ from those of {ckpt_path} (first: run {diff})")
-    stored_hash = (ckpt.get("data") or {}).get("hash")
-    if stored_hash and meta.get("input_hash") and stored_hash != meta["input_hash"]:
-        err.print(f"[yellow]warning:[/] {data}: input hash differs from the one {ckpt_path} was trained on")
 
 
 def fixed_batch(data: Path, split: str, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

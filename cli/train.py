@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from dcollapse import io
-from dcollapse.cli.common import err, handles_errors, out, print_json, progress
+from dcollapse.cli.common import check_dataset, err, handles_errors, out, print_json, progress
 from dcollapse.cli.launch import records_rank_failures, relaunch
 from dcollapse.errors import UserError
 
@@ -212,10 +212,8 @@ def eval_command(
         data_dir = Path(ckpt["data"]["path"])
         if not data_dir.is_dir():
             raise UserError(f"{run}: its dataset {data_dir} was not found (pass --data DIR)")
+    check_dataset(data_dir, ckpt, run)
     meta = load_meta(data_dir)
-    layout = [(f["name"], f["vocab_size"]) for f in meta["fields"]]
-    if layout != [(f["name"], f["vocab_size"]) for f in ckpt["meta"]["fields"]]:
-        raise UserError(f"{data_dir}: fields or vocabulary sizes differ from the ones {run} was trained on")
     model = load_model(ckpt)
     metrics = evaluate(model, load_split(data_dir, split, meta), split)
     result = {"checkpoint": str(run), "data": str(data_dir), "split": split, **metrics}

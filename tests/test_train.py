@@ -328,3 +328,18 @@ def test_compiled_training_steps_give_the_eager_run(tiny, tmp_path):
         assert math.isclose(a["valid_auc"], b["valid_auc"], rel_tol=1e-4)
     for key, value in eager["state_dict"].items():
         torch.testing.assert_close(compiled["state_dict"][key], value, rtol=1e-3, atol=1e-5)
+
+
+def test_cli_eval_checks_the_dataset_like_the_reports(tiny, tmp_path):
+    out = tmp_path / "run.pt"
+    assert runner.invoke(app, ["train", str(tiny), "--epochs", "1", "--emb-dim", "4", "--out", str(out)]).exit_code == 0
+    other = tmp_path / "other"  # same layout, other rows: a different input hash
+    write_dataset(other, [6, 5, 4, 7], {"train": 100, "test": 300}, seed=1)
+    meta = json.loads((other / "meta.json").read_text())
+    (other / "meta.json").write_text(json.dumps({**meta, "input_hash": "sha256:other"}))
+    result = runner.invoke(app, ["eval", str(out), str(other), "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["rows"] == 300
+    assert "warning" in result.stderr and "input hash differs" in result.stderr
+    write_dataset(tmp_path / "wider", [6, 5, 4, 8], {"test": 50})
+    result = runner.invoke(app, ["eval", str(out), str(tmp_path / "wider")])
+    assert result.exit_code == 2 and "fields (name, vocab size) differ" in result.stderr
