@@ -442,18 +442,8 @@ def test_blank_line_deep_in_a_file_is_skipped_not_counted(tmp_path):
 
 
 def test_native_criteo_reader_matches_the_checked_line_reader(tmp_path, monkeypatch):
-    import dcollapse.data.preprocess as pp
-
     src = write_lines(tmp_path / "train.txt", _criteo_lines(3000))
-    checked = pp._parse_checked
-    monkeypatch.setattr(pp, "_parse_checked", lambda *a: pytest.fail("a well-formed file took the line reader"))
-    run([src], tmp_path / "native", format="criteo", min_count=2)
-    monkeypatch.setattr(pp, "_parse_checked", checked)
-    monkeypatch.setattr(pp, "_parse_fast", lambda *a: None)
-    run([src], tmp_path / "checked", format="criteo", min_count=2)
-    got, want = _outputs(tmp_path / "native"), _outputs(tmp_path / "checked")
-    assert got[0] == want[0] and got[2].equals(want[2])
-    assert all(a.equals(b) for a, b in zip(got[1], want[1], strict=True))
+    assert _same(*_native_and_checked(tmp_path, monkeypatch, [src], min_count=2))
 
 
 def test_short_and_long_rows_that_balance_the_tab_count_are_still_found(tmp_path):
@@ -492,3 +482,82 @@ def test_input_scan_hashes_and_counts_bytes_like_hashlib_and_numpy(tmp_path, mon
         digest = hashlib.sha256(b"".join(hashlib.sha256(p.read_bytes()).digest() for p in (a, b))).hexdigest()
         assert scan.input_hash() == "sha256:" + digest
     assert [(f.lines, f.counts) for f in files] == [(3, {b"\t": 2, b"\r": 1}), (1, {b"\t": 1, b"\r": 0})]
+
+
+# ------------------------------------------------------------------ native reader vs line reader: edge cases
+
+
+def _native_and_checked(tmp_path, monkeypatch, inputs, **opts) -> tuple[tuple, tuple]:
+    """The dataset from the native Criteo reader (which must be taken) and from the checked line reader."""
+    import dcollapse.data.preprocess as pp
+
+    checked = pp._parse_checked
+    monkeypatch.setattr(pp, "_parse_checked", lambda *a: pytest.fail("a well-formed file took the line reader"))
+    run(inputs, tmp_path / "native", format="criteo", **opts)
+    monkeypatch.setattr(pp, "_parse_checked", checked)
+    monkeypatch.setattr(pp, "_parse_fast", lambda *a: None)
+    run(inputs, tmp_path / "checked", format="criteo", **opts)
+    return _outputs(tmp_path / "native"), _outputs(tmp_path / "checked")
+
+
+def _same(got: tuple, want: tuple) -> bool:
+    splits_equal = all(a.equals(b) for a, b in zip(got[1], want[1], strict=True))
+    return got[0] == want[0] and got[2].equals(want[2]) and splits_equal
+
+
+def test_a_numeric_field_of_only_spaces_is_missing_in_both_readers(tmp_path, monkeypatch):
+    lines = [criteo_row(str(i % 2), [str(i % 3), "  "], ["a"]) for i in range(20)]
+    lines[4] = criteo_row("1", [" ", "1"], ["b"])
+    native, checked = _native_and_checked(tmp_path, monkeypatch, [write_lines(tmp_path / "t.txt", lines)], **ALL_TRAIN)
+    assert _same(native, checked)
+    assert native[1][0]["I1"][4] == 1 and set(native[1][0]["I2"].to_list()) == {1, 2}  # missing, except row 5
+
+
+def test_a_byte_order_mark_is_ignored_by_every_reader(tmp_path, monkeypatch):
+    lines = [criteo_row(str(i % 2), [str(i)], [f"c{i % 3}"]) for i in range(20)]
+    src = tmp_path / "bom.txt"
+    src.write_bytes(b"\xef\xbb\xbf" + "".join(line + "\n" for line in lines).encode())
+    native, checked = _native_and_checked(tmp_path, monkeypatch, [src], **ALL_TRAIN)
+    assert _same(native, checked) and native[1][0]["label"][0] == 0
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbflabel,a\n1,x\n0,y\n")
+    meta = run([tmp_path / "bom.csv"], tmp_path / "csv", format="csv", **ALL_TRAIN)
+    assert [f["name"] for f in meta["fields"]] == ["a"] and frame(tmp_path / "csv")["label"].to_list() == [1, 0]
+
+
+def test_minus_zero_and_zero_are_one_token_whatever_comes_first(tmp_path):
+    rows = ["1,-0", "0,0", "1,0", "0,-0", "1,1", "0,1"]
+    a = write_lines(tmp_path / "a.csv", ["y,x", *rows])
+    b = write_lines(tmp_path / "b.csv", ["y,x", *rows[1:], rows[0]])
+    for src in (a, b):
+        run([src], tmp_path / src.stem, format="csv", label="y", numeric=["x"], **ALL_TRAIN)
+    assert vocab_of(tmp_path / "a", "x") == vocab_of(tmp_path / "b", "x") == {"0.0": 2, "1.0": 3}
+
+
+@pytest.mark.parametrize("values", [["-1e20"], ["-1e18", "-1000000000000000128"], ["-9223372036854775808"]])
+def test_numeric_tokens_of_large_magnitude_get_their_ids(tmp_path, values):
+    """Integral bins beyond float precision or int64 (the log rule keeps v <= 2 as is) are looked up exactly."""
+    src = write_lines(tmp_path / "t.txt", [criteo_row("1", [values[i % len(values)]]) for i in range(6)])
+    run([src], tmp_path / "out", format="criteo", **ALL_TRAIN)
+    vocab = vocab_of(tmp_path / "out", "I1")
+    assert frame(tmp_path / "out")["I1"].to_list() == [vocab[str(float(values[i % len(values)]))] for i in range(6)]
+    preprocess([str(src)], tmp_path / "applied", Options(apply=str(tmp_path / "out")))
+    assert frame(tmp_path / "applied", "test").equals(frame(tmp_path / "out"))
+
+
+def test_input_scan_holds_one_small_block_at_a_time(tmp_path):
+    """The background read of a large input keeps only a block in memory (16 MiB blocks, each read by a new thread,
+    left up to ~1 GB in glibc's per-thread arenas after a few dozen preprocess calls in one process)."""
+    import tracemalloc
+
+    from dcollapse.data.preprocess import InputScan
+
+    src = tmp_path / "big.txt"
+    src.write_bytes(b"1\t2\tabc\n" * 1_000_000)  # 8 MB
+    tracemalloc.start()
+    try:
+        with InputScan([src], counted=b"\t\r") as scan:
+            assert scan.result()[0].lines == 1_000_000
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20

@@ -86,9 +86,12 @@ def read(fmt: str, paths: list[Path], opts: dict[str, Any]) -> Source:
 
 
 def _lines(path: Path, skip_first: bool) -> pl.LazyFrame:
-    """Non-blank lines of ``path`` as column ``line`` with the 1-based line number ``__line`` (CRLF tolerated)."""
+    """Non-blank lines of ``path`` as column ``line`` with the 1-based line number ``__line`` (CRLF tolerated, a
+    UTF-8 byte order mark at the start ignored, as Polars' CSV reader does)."""
+    line = pl.col("line").str.strip_suffix("\r")
     lf = pl.scan_lines(path, row_index_name=LINE, row_index_offset=1).with_columns(
-        pl.col(LINE).cast(pl.UInt64), pl.col("line").str.strip_suffix("\r")
+        pl.col(LINE).cast(pl.UInt64),
+        pl.when(pl.col(LINE) == 1).then(line.str.strip_prefix("\ufeff")).otherwise(line).alias("line"),
     )
     if skip_first:
         lf = lf.filter(pl.col(LINE) > 1)
@@ -130,13 +133,16 @@ def _label_01(raw: str) -> tuple[pl.Expr, Check]:
 
 
 def _numbers(names: list[str]) -> tuple[list[pl.Expr], list[Check]]:
-    """(Float64 values, checks) for String columns that must be numeric when present."""
+    """(Float64 values, checks) for String columns that must be numeric when present (a blank value is
+    missing, as in Polars' CSV reader)."""
     values, checks = [], []
     for name in names:
         col = pl.col(name)
-        num = col.str.strip_chars().cast(pl.Float64, strict=False)
+        text = col.str.strip_chars()
+        num = text.cast(pl.Float64, strict=False)
         values.append(num.alias(name))
-        checks.append((col.is_not_null() & num.is_null(), pl.format(f"{name}: not a number: '{{}}'", col)))
+        bad = col.is_not_null() & (text != "") & num.is_null()
+        checks.append((bad, pl.format(f"{name}: not a number: '{{}}'", col)))
     return values, checks
 
 
@@ -150,7 +156,7 @@ def _header(path: Path, sep: str) -> list[str]:
     if not first.strip():
         raise UserError(f"{path}: empty file (expected a header line)")
     try:
-        text = first.decode("utf-8").rstrip("\r\n")
+        text = first.decode("utf-8-sig").rstrip("\r\n")
     except UnicodeDecodeError:
         raise UserError(f"{path}, line 1: header is not valid UTF-8 text") from None
     names = [c.strip().strip('"') for c in text.split(sep)]

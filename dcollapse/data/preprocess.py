@@ -387,10 +387,9 @@ class Codes:
     def with_tokens(self, name: str, counts: pl.DataFrame) -> pl.DataFrame:
         """``counts`` (``key``, ``count``) of field ``name`` with the spelling of each key in column ``token``."""
         if name in self.categories:
-            token = self.categories[name].to_series().gather(counts["key"])
-        else:
-            token = counts["key"].cast(pl.String)
-        return counts.with_columns(token.alias("token"))
+            return counts.with_columns(self.categories[name].to_series().gather(counts["key"]).alias("token"))
+        key = pl.col("key")  # -0 and 0 are one key (one group): spelled "0.0", whichever row came first
+        return counts.with_columns(pl.when(key == 0).then(0.0).otherwise(key).cast(pl.String).alias("token"))
 
     def ids(self, name: str, vocab: pl.DataFrame) -> pl.Expr:
         """Expression: the keys in column ``name`` -> int32 ids per ``vocab`` (``token``, ``id`` of this field).
@@ -408,7 +407,9 @@ class Codes:
             slot = col.cast(pl.Int64)
         else:
             values = vocab["token"].cast(pl.Float64).to_numpy()
-            if len(values) and not (np.isfinite(values).all() and (values == np.floor(values)).all()):
+            # Integers of magnitude < 2^31 only: larger ones would lose precision in the slot arithmetic below.
+            if len(values) and not (np.isfinite(values).all() and (np.abs(values) < 1 << 31).all()
+                                    and (values == np.floor(values)).all()):  # fmt: skip
                 return _float_lookup(col, values, ids)
             low = int(values.min()) if len(values) else 0
             size = int(values.max()) - low + 1 if len(values) else 0
@@ -516,7 +517,7 @@ class InputScan:
     context manager: leaving it stops the thread at its next block.
     """
 
-    BLOCK = 1 << 24
+    BLOCK = 1 << 20  # 16 MiB blocks (a new thread per call) piled up in glibc's per-thread arenas across calls
 
     def __init__(self, files: list[Path], counted: bytes = b"") -> None:
         self._stop = threading.Event()
