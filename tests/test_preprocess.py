@@ -561,3 +561,26 @@ def test_input_scan_holds_one_small_block_at_a_time(tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < 4 << 20
+
+
+ODD_NUMBERS = ["", "0", "-0", "+3", " 7", "1e400", "-1e400", "nan", "  ", "-0.5", "-1e20", "1234567890123456789", "2.5"]
+ODD_TOKENS = ["", "a", " a ", "é✓", '"q"', "NaN", "0", "x" * 300]
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.sampled_from("01"),
+            st.lists(st.sampled_from(ODD_NUMBERS), min_size=13, max_size=13),
+            st.lists(st.sampled_from(ODD_TOKENS), min_size=26, max_size=26),
+        ),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_native_and_line_reader_agree_on_odd_valid_values(tmp_path_factory, rows):
+    tmp_path = tmp_path_factory.mktemp("odd")
+    src = write_lines(tmp_path / "t.txt", [criteo_row(*row) for row in rows])
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        assert _same(*_native_and_checked(tmp_path, monkeypatch, [src], **ALL_TRAIN))
