@@ -584,3 +584,14 @@ def test_native_and_line_reader_agree_on_odd_valid_values(tmp_path_factory, rows
     src = write_lines(tmp_path / "t.txt", [criteo_row(*row) for row in rows])
     with pytest.MonkeyPatch.context() as monkeypatch:
         assert _same(*_native_and_checked(tmp_path, monkeypatch, [src], **ALL_TRAIN))
+
+
+def test_parquet_floats_beyond_int64_nan_and_inf_are_values_not_missing(tmp_path):
+    src = tmp_path / "d.parquet"
+    values = [1e20, math.inf, math.nan, 2.0, None]
+    pl.DataFrame({"y": [1, 0, 1, 0, 1], "c": values, "x": values}).write_parquet(src)
+    run([src], tmp_path / "out", format="parquet", label="y", categorical=["c"], numeric=["x"], **ALL_TRAIN)
+    assert set(vocab_of(tmp_path / "out", "c")) == {"1e+20", "inf", "NaN", "2"}
+    assert set(vocab_of(tmp_path / "out", "x")) == {str(float(math.floor(math.log(1e20) ** 2))), "inf", "NaN", "2.0"}
+    df = frame(tmp_path / "out")
+    assert (df.head(4).select("c", "x") >= 2).to_numpy().all() and df["c"][4] == df["x"][4] == 1

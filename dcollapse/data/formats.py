@@ -341,11 +341,9 @@ def _as_string(name: str, dtype: pl.DataType) -> pl.Expr:
     if dtype == pl.Boolean:
         col = col.cast(pl.Int8)
     elif dtype.is_float():  # 1.0 -> "1" so that labels and integral floats read like their CSV spelling
-        col = (
-            pl.when(col == col.round(0))
-            .then(col.cast(pl.Int64, strict=False).cast(pl.String))
-            .otherwise(col.cast(pl.String))
-        )
+        # (NaN, inf and integral values beyond int64 keep their float spelling: they are values, not missing)
+        integral = pl.when(col == col.round(0)).then(col.cast(pl.Int64, strict=False).cast(pl.String))
+        col = pl.coalesce(integral, col.cast(pl.String))
     col = col.cast(pl.String)
     return pl.when(col == "").then(None).otherwise(col).alias(name)
 
