@@ -7,6 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pytest
+
+TIMING = ("seconds", "samples_per_s")  # history keys that depend on the machine's speed
 
 
 def make_meta(vocab_sizes: list[int], splits: dict[str, int] | None = None) -> dict:
@@ -56,3 +59,15 @@ def write_dataset(
         meta["splits"][split]["positives"] = int(labels.sum())
     (directory / "meta.json").write_text(json.dumps(meta))
     return meta
+
+
+def write_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4-field dataset with train/valid/test splits (1500/500/500 rows), for a module-scoped ``tiny`` fixture."""
+    directory = tmp_path_factory.mktemp("tiny")
+    write_dataset(directory, [6, 5, 4, 7], {"train": 1500, "valid": 500, "test": 500})
+    return directory
+
+
+def untimed(history: list[dict]) -> list[dict]:
+    """A run's history without the timing keys (what must repeat exactly across runs)."""
+    return [{k: v for k, v in entry.items() if k not in TIMING} for entry in history]

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _ctr_fixtures import write_dataset
+from _ctr_fixtures import untimed, write_dataset, write_tiny
 from typer.testing import CliRunner
 
 import dcollapse.train as training
@@ -23,14 +23,11 @@ runner = CliRunner()
 # textbook DeepFM: both tables (embeddings and first-order weights) and dense parameters (DNN, head)
 SMALL = {"model": "fm", "arch": "parallel", "style": "textbook", "emb_dim": 4, "dnn": [16, 8], "batch_size": 256}
 SMALL |= {"lr": 0.01, "patience": 0}
-TIMING = ("seconds", "samples_per_s")
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("tiny")
-    write_dataset(directory, [6, 5, 4, 7], {"train": 1500, "valid": 500, "test": 500})
-    return directory
+    return write_tiny(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +36,6 @@ def wide(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("wide")
     write_dataset(directory, [40, 30, 20, 50], {"train": 400, "valid": 100})
     return directory
-
-
-def untimed(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in entry.items() if k not in TIMING} for entry in history]
 
 
 def test_sparse_lookup_gradient_is_the_summed_rows_of_the_batch():

@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from _ctr_fixtures import write_dataset
+from _ctr_fixtures import untimed, write_dataset, write_tiny
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import OneHotEncoder
@@ -27,18 +27,11 @@ from dcollapse.models import load_model
 
 runner = CliRunner()
 SMALL = {"model": "fm", "arch": "parallel", "emb_dim": 4, "dnn": [16, 8], "batch_size": 256, "lr": 0.01}
-TIMING = ("seconds", "samples_per_s")
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("tiny")
-    write_dataset(directory, [6, 5, 4, 7], {"train": 1500, "valid": 500, "test": 500})
-    return directory
-
-
-def untimed(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in entry.items() if k not in TIMING} for entry in history]
+    return write_tiny(tmp_path_factory)
 
 
 def assert_same_weights(a: dict, b: dict) -> None:
