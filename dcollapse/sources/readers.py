@@ -1,0 +1,178 @@
+"""File readers: each turns one kind of file (or directory) into a flat ``{key: Tensor}`` mapping.
+
+One registry, :data:`READERS`, tried in order; the first whose ``claims(path)`` is true reads the path. PyTorch
+files are only ever read with ``weights_only=True``: a file from a stranger cannot run code here.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import zipfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dcollapse.errors import UserError
+
+NESTED_KEYS = ("state_dict", "model_state_dict", "model")  # Lightning / DLRM reference / RecBole, and plain dicts
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+DCP_METADATA = ".metadata"
+STATE_DICT_HOWTO = "save `torch.save(model.state_dict(), path)` instead and read that file"
+
+
+@dataclass
+class Loaded:
+    """What a reader found: a flat mapping of tensors, and the raw object when it was a dcollapse checkpoint."""
+
+    reader: str
+    tensors: dict[str, torch.Tensor]
+    checkpoint: dict | None = None
+
+
+def tensors_of(obj: Any, where: str) -> dict[str, torch.Tensor]:
+    """The state_dict inside ``obj``: a bare ``{key: Tensor}``, or one nested under :data:`NESTED_KEYS`.
+
+    A bare tensor becomes ``{"tensor": t}``; non-tensor entries (``_extra_state``, step counters) are dropped.
+    """
+    if isinstance(obj, torch.Tensor):
+        return {"tensor": obj}
+    if not isinstance(obj, Mapping):
+        raise UserError(f"{where}: holds a {type(obj).__name__}, not a state_dict or tensor")
+    flat = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if flat:
+        return flat
+    for key in NESTED_KEYS:
+        if isinstance(obj.get(key), Mapping):
+            return tensors_of(obj[key], where)
+    raise UserError(f"{where}: no tensors found (looked at the top level and under {', '.join(NESTED_KEYS)})")
+
+
+def _unsafe_globals(path: Path, exc: Exception) -> list[str]:
+    """The classes/functions a refused pickle names, read statically (never executed)."""
+    if zipfile.is_zipfile(path):
+        try:
+            return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        except Exception:  # noqa: BLE001  a damaged archive: fall back to the refusal message
+            pass
+    return re.findall(r"GLOBAL ([\w.]+)", str(exc))[:1]
+
+
+def _refusal(path: Path, exc: Exception) -> UserError:
+    names = _unsafe_globals(path, exc)
+    if any(name.startswith("torch.nn.modules.") for name in names):
+        return UserError(f"{path}: refused to load a whole pickled nn.Module (it could run code); {STATE_DICT_HOWTO}")
+    first = names[0] if names else "unknown objects"
+    return UserError(
+        f"{path}: refused to load: holds Python objects beyond tensors and plain data ({first}); {STATE_DICT_HOWTO}"
+    )
+
+
+def read_torch(path: Path) -> Loaded:
+    """A ``torch.save`` file, read with ``weights_only=True``; a dcollapse checkpoint is validated and kept."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise _refusal(path, exc) from None
+    except Exception as exc:  # noqa: BLE001  truncated zip, random bytes: torch fails in many ways
+        detail = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path}: not a readable PyTorch file (truncated or corrupt? {detail})") from None
+    from dcollapse import checkpoint
+
+    if isinstance(obj, dict) and obj.get("format") == checkpoint.FORMAT:
+        return Loaded("dcollapse", {}, checkpoint.load(path))
+    return Loaded("torch", tensors_of(obj, str(path)))
+
+
+def safetensors_files(path: Path) -> list[Path]:
+    """The shard files of a safetensors path: the file itself, the index's shards, or every file in the directory."""
+    if path.is_file():
+        return [path]
+    index = path / SAFETENSORS_INDEX
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"{index}: not a safetensors index ({type(exc).__name__})") from None
+        return [path / name for name in dict.fromkeys(weight_map.values())]
+    return sorted(path.glob("*.safetensors"))
+
+
+def read_safetensors(path: Path) -> Loaded:
+    """A ``.safetensors`` file or a (sharded) directory of them."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    for file in safetensors_files(path):
+        try:
+            tensors |= load_file(file, device="cpu")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise UserError(f"{file}: not a readable safetensors file ({str(exc)[:120]})") from None
+    return Loaded("safetensors", tensors)
+
+
+def read_numpy(path: Path) -> Loaded:
+    """A ``.npy`` array (named after the file) or the arrays of a ``.npz``; pickled object arrays are refused."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        arrays = {path.stem: loaded} if isinstance(loaded, np.ndarray) else {k: loaded[k] for k in loaded.files}
+    except ValueError as exc:
+        raise UserError(f"{path}: refused or unreadable NumPy file ({str(exc)[:120]})") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise UserError(f"{path}: not a readable NumPy file (truncated or corrupt? {type(exc).__name__})") from None
+    return Loaded("numpy", {k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in arrays.items()})
+
+
+def read_dcp(path: Path) -> Loaded:
+    """A ``torch.distributed.checkpoint`` directory (e.g. TorchRec's sharded saves), through torch's DCP reader.
+
+    Every tensor entry is loaded whole, into a plain CPU tensor of its global shape; byte entries are left out.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    reader = dcp.FileSystemReader(str(path))
+    try:
+        metadata = reader.read_metadata()
+        state = {
+            key: torch.empty(meta.size, dtype=meta.properties.dtype)
+            for key, meta in metadata.state_dict_metadata.items()
+            if isinstance(meta, TensorStorageMetadata)
+        }
+        dcp.load(state, storage_reader=reader, no_dist=True)
+    except Exception as exc:  # noqa: BLE001  DCP raises its own CheckpointException and plain errors alike
+        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path}: not a readable torch.distributed.checkpoint directory ({first})") from None
+    return Loaded("dcp", state)
+
+
+def _suffix(path: Path) -> str:
+    return path.suffix.lower()
+
+
+READERS: list[tuple[str, Callable[[Path], bool], Callable[[Path], Loaded]]] = [
+    ("dcp", lambda p: p.is_dir() and (p / DCP_METADATA).is_file(), read_dcp),
+    (
+        "safetensors",
+        lambda p: _suffix(p) == ".safetensors" or (p.is_dir() and any(p.glob("*.safetensors"))),
+        read_safetensors,
+    ),
+    ("numpy", lambda p: p.is_file() and _suffix(p) in (".npy", ".npz"), read_numpy),
+    ("torch", lambda p: p.is_file(), read_torch),
+]
+
+
+def read_path(path: Path) -> Loaded:
+    """Read ``path`` with the first reader of :data:`READERS` that claims it."""
+    if not path.exists():
+        raise UserError(f"{path}: no such file or directory")
+    for _, claims, read in READERS:
+        if claims(path):
+            return read(path)
+    raise UserError(f"{path}: a directory without safetensors files or a torch.distributed.checkpoint .metadata")
