@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
-import importlib
+import os
+import signal
+import sys
+import threading
 
-import typer
 
-from dcollapse import __version__
+def _interrupted_while_starting(signum: int, frame: object) -> None:
+    """Ctrl-C while the command modules import (torch takes seconds): nothing is written yet, so leave at once."""
+    sys.stderr.write("interrupted\n")
+    os._exit(130)
+
+
+# Until the commands are registered (end of this module); then Ctrl-C is a KeyboardInterrupt the commands handle.
+_starting = threading.current_thread() is threading.main_thread()
+_sigint = signal.signal(signal.SIGINT, _interrupted_while_starting) if _starting else None
+
+import importlib  # noqa: E402
+
+import typer  # noqa: E402
+
+from dcollapse import __version__  # noqa: E402
 
 app = typer.Typer(
     name="dcollapse",
@@ -43,7 +59,14 @@ def _register_all() -> None:
 
 
 _register_all()
+if _starting:
+    signal.signal(signal.SIGINT, _sigint)
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM ends a command as Ctrl-C does: temporary outputs removed, exit 130
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminated)
     app()

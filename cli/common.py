@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from dcollapse.errors import CheckFailed, UserError
 
@@ -26,23 +28,58 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def handles_errors(fn: F) -> F:
-    """Turn library errors into the CLI contract: UserError -> exit 2, CheckFailed -> exit 1, Ctrl-C -> 130."""
+    """Turn errors into the CLI contract (see :func:`exit_code_of`): one line on stderr, then the exit code."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except UserError as exc:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-        except CheckFailed as exc:
-            err.print(f"[bold red]check failed:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            err.print("interrupted")
-            raise typer.Exit(130) from None
+        except BrokenPipeError:
+            raise  # stdout closed by the reader (`| head`): Typer exits quietly
+        except (UserError, CheckFailed, OSError, KeyboardInterrupt) as exc:
+            raise typer.Exit(report(exc)) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def report(exc: UserError | CheckFailed | OSError | KeyboardInterrupt) -> int:
+    """Print the one line for ``exc`` on stderr and return its exit code: UserError and any OSError (a path the
+    user gave that cannot be read or written) -> 2, CheckFailed -> 1, Ctrl-C -> 130. User text is printed as it
+    is, never read as Rich markup."""
+    if isinstance(exc, KeyboardInterrupt):
+        err.print("interrupted", highlight=False)
+        return 130
+    if isinstance(exc, CheckFailed):
+        say("check failed:", str(exc))
+        return 1
+    say("error:", os_error_line(exc) if isinstance(exc, OSError) else str(exc))
+    return 2
+
+
+def say(prefix: str, text: str, style: str = "bold red") -> None:
+    """One line on stderr: ``prefix`` in ``style``, then ``text`` verbatim (brackets in a path or a cell stay)."""
+    err.print(Text.assemble((prefix, style), " ", text), highlight=False, soft_wrap=True)
+
+
+def os_error_line(exc: OSError) -> str:
+    """``path: reason`` of an OSError (``path -> other: reason`` for a rename or a link)."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.filename is None:
+        return reason
+    where = str(exc.filename) if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
+    return f"{where}: {reason}"
+
+
+def finite_float(text: str) -> float:
+    """A Typer ``parser`` for a float option that must be a finite number: ``typer.Option(..., parser=finite_float)``.
+    ``nan``, ``inf`` or a non-number is a usage error (exit 2) naming the option."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise typer.BadParameter(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise typer.BadParameter(f"expected a finite number, got {text!r}")
+    return value
 
 
 def print_json(document: Any) -> None:

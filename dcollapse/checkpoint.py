@@ -4,6 +4,9 @@
      "state_dict": {...}, "history": [...], "data": {"path": str, "hash": str}, ...}
 
 Extra top-level keys (e.g. ``"test"`` metrics, ``"kind"``) are allowed; the five above are required.
+:func:`load` checks the types of what it reads: weights are finite tensors, a CTR checkpoint's ``meta`` passes the
+dataset schema (:func:`dcollapse.data.dataset.check_meta`), and a ``"resume"`` state holds weights of the same names
+and shapes as ``state_dict``, an optimizer state and the run's progress counters.
 """
 
 from __future__ import annotations
@@ -50,4 +53,76 @@ def load(path: str | Path) -> dict[str, Any]:
     missing = [key for key in REQUIRED if key not in obj]
     if missing:
         raise UserError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    problem = contents_problem(obj)
+    if problem:
+        raise UserError(f"{path}: damaged checkpoint: {problem}")
     return obj
+
+
+def contents_problem(obj: dict[str, Any]) -> str | None:
+    """What is wrong with the contents of a checkpoint dict (types, non-finite weights, a resume state that does
+    not fit its weights), or None."""
+    from dcollapse.data.dataset import check_meta
+
+    for key, kind in (("config", dict), ("meta", dict), ("state_dict", dict), ("history", list)):
+        if not isinstance(obj[key], kind):
+            return f"{key} is {type(obj[key]).__name__}, expected {kind.__name__}"
+    problem = weights_problem(obj["state_dict"], "state_dict")
+    if problem:
+        return problem
+    if not all(isinstance(entry, dict) for entry in obj["history"]):
+        return "history holds a non-object entry"
+    if obj.get("kind", "ctr") == "ctr":
+        try:
+            check_meta(obj["meta"], "meta")
+        except UserError as exc:
+            return str(exc)
+    if "resume" in obj:
+        return resume_problem(obj["resume"], obj["state_dict"])
+    return None
+
+
+def weights_problem(state: dict[str, Any], name: str) -> str | None:
+    """A non-tensor entry or a tensor with NaN/inf values in the state dict ``state``, or None."""
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            return f"{name}[{key!r}] is {type(value).__name__}, expected a tensor"
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return f"{name}[{key!r}] holds NaN or infinite values"
+    return None
+
+
+PROGRESS = {"epoch": int, "best_auc": float, "best_epoch": int, "bad_epochs": int}
+
+
+def resume_problem(resume: Any, weights: dict[str, torch.Tensor]) -> str | None:
+    """What is wrong with a ``"resume"`` state: ``{"state_dict", "optimizer": {"state", "param_groups"},
+    "progress": {"epoch", "best_auc", "best_epoch", "bad_epochs"}}`` with weights shaped as ``weights``."""
+    if not isinstance(resume, dict) or not {"state_dict", "optimizer", "progress"} <= set(resume):
+        return "resume must hold state_dict, optimizer and progress"
+    state, optimizer, progress = resume["state_dict"], resume["optimizer"], resume["progress"]
+    if not isinstance(state, dict):
+        return f"resume.state_dict is {type(state).__name__}, expected dict"
+    problem = weights_problem(state, "resume.state_dict")
+    if problem:
+        return problem
+    shapes = {key: tuple(value.shape) for key, value in weights.items()}
+    if {key: tuple(value.shape) for key, value in state.items()} != shapes:
+        return "resume.state_dict does not have the names and shapes of state_dict"
+    groups = optimizer.get("param_groups") if isinstance(optimizer, dict) else None
+    if not (isinstance(groups, list) and isinstance(optimizer.get("state"), dict)
+            and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups)):  # fmt: skip
+        return "resume.optimizer is not an optimizer state (state, param_groups)"
+    for value in optimizer["state"].values():
+        for inner in value.values() if isinstance(value, dict) else [None]:
+            if not isinstance(inner, torch.Tensor | int | float):
+                return "resume.optimizer.state holds a non-tensor value"
+    if not isinstance(progress, dict) or set(progress) != set(PROGRESS):
+        return f"resume.progress must hold exactly {', '.join(PROGRESS)}"
+    for key, kind in PROGRESS.items():
+        value = progress[key]
+        if isinstance(value, bool) or not isinstance(value, kind | int) or (kind is int and value < 0):
+            return f"resume.progress.{key} is {value!r}, expected {'an integer >= 0' if kind is int else 'a number'}"
+        if kind is float and value != value:
+            return f"resume.progress.{key} is NaN"
+    return None

@@ -4,6 +4,7 @@ import io
 
 import pytest
 import torch
+from _ctr_fixtures import make_meta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -41,7 +42,8 @@ def test_random_bytes_never_escape_as_another_error(tmp_path_factory, content):
 
 def test_round_trip(tmp_path):
     path = tmp_path / "run.pt"
-    checkpoint.save(path, {"config": {"model": "fm"}, "meta": {}, "state_dict": {"w": torch.ones(2)}, "history": []})
+    meta = make_meta([3, 4], {"train": 1})
+    checkpoint.save(path, {"config": {"model": "fm"}, "meta": meta, "state_dict": {"w": torch.ones(2)}, "history": []})
     loaded = checkpoint.load(path)
     assert loaded["format"] == checkpoint.FORMAT and loaded["config"] == {"model": "fm"}
     assert torch.equal(loaded["state_dict"]["w"], torch.ones(2))

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
+from dcollapse.data.formats import first_line
 from dcollapse.errors import UserError
 from dcollapse.io import read_description
 
@@ -27,13 +28,109 @@ if TYPE_CHECKING:
     import torch
 
 FORMAT = "dcollapse.dataset"
+VERSION = 1
 OOV_ID = 0
 MISSING_ID = 1
+KINDS = ("categorical", "numeric")
+MAX_TABLE_ROWS = 2**31 - 1  # ids are int32: every field's vocabulary, and all of them together, fit below this
 
 
 def load_meta(data_dir: str | Path) -> dict[str, Any]:
-    """Read and validate ``DIR/meta.json``."""
-    return read_description(data_dir, "meta.json", FORMAT, "dcollapse dataset", "run `dcollapse preprocess` first")
+    """Read ``DIR/meta.json`` and check it against the schema above (:func:`check_meta`), and that every split file
+    is a Parquet file inside ``DIR`` with the declared columns and row count. Any problem is one
+    :class:`UserError` naming the file and what is wrong."""
+    meta = read_description(data_dir, "meta.json", FORMAT, "dcollapse dataset", "run `dcollapse preprocess` first")
+    check_meta(meta, Path(data_dir) / "meta.json")
+    for name in meta["splits"]:
+        check_split_file(data_dir, meta, name)
+    return meta
+
+
+def check_meta(meta: Any, where: str | Path) -> None:
+    """Check a ``meta.json`` document (from a dataset directory or a checkpoint; ``where`` names it in the error):
+    the keys and types of the schema, vocabulary sizes in [1, 2^31 - 1] and together below 2^31, offsets the
+    running sums of the sizes, unique field names, split files named relative to the directory and inside it."""
+
+    def fail(what: str) -> None:
+        raise UserError(f"{where}: {what}")
+
+    if not isinstance(meta, dict):
+        fail(f"expected an object, got {_shown(meta)}")
+    if meta.get("version", VERSION) != VERSION:
+        fail(f"version {meta.get('version')!r} is not one this dcollapse reads ({VERSION})")
+    if not _text(meta.get("label")):
+        fail(f"'label' must be the label column's name, got {_shown(meta.get('label'))}")
+    fields = meta.get("fields")
+    if not isinstance(fields, list) or not fields:
+        fail(f"'fields' must be a non-empty list, got {_shown(fields)}")
+    offset, names = 0, set()
+    for i, f in enumerate(fields):
+        if not isinstance(f, dict):
+            fail(f"fields[{i}] must be an object, got {_shown(f)}")
+        if not _text(f.get("name")):
+            fail(f"fields[{i}].name must be a non-empty string, got {_shown(f.get('name'))}")
+        if f["name"] in names or f["name"] == meta["label"]:
+            fail(f"fields[{i}].name {f['name']!r} is used twice (fields and label need distinct names)")
+        names.add(f["name"])
+        if f.get("kind") not in KINDS:
+            fail(f"fields[{i}].kind must be one of {', '.join(KINDS)}, got {_shown(f.get('kind'))}")
+        size = f.get("vocab_size")
+        if not _integer(size, 1, MAX_TABLE_ROWS):
+            fail(f"fields[{i}].vocab_size must be an integer in [1, {MAX_TABLE_ROWS}], got {_shown(size)}")
+        if f.get("offset") != offset or not _integer(f.get("offset"), 0, MAX_TABLE_ROWS):
+            fail(f"fields[{i}].offset must be {offset} (the sum of the vocabulary sizes before it), "
+                 f"got {_shown(f.get('offset'))}")  # fmt: skip
+        offset += size
+    if offset > MAX_TABLE_ROWS:
+        fail(f"the vocabulary sizes add up to {offset:,}, more than the {MAX_TABLE_ROWS:,} rows ids can address")
+    splits = meta.get("splits")
+    if not isinstance(splits, dict) or not splits:
+        fail(f"'splits' must be a non-empty object of split name -> file, got {_shown(splits)}")
+    for name, split in splits.items():
+        if not isinstance(split, dict):
+            fail(f"splits.{name} must be an object, got {_shown(split)}")
+        file = split.get("file")
+        if not _text(file) or Path(file).is_absolute() or ".." in Path(file).parts or "\\" in file:
+            fail(f"splits.{name}.file must be a file name inside the dataset directory, got {_shown(file)}")
+        rows = split.get("rows")
+        if not _integer(rows, 0, 2**63 - 1):
+            fail(f"splits.{name}.rows must be an integer >= 0, got {_shown(rows)}")
+        if not _integer(split.get("positives", 0), 0, rows):
+            fail(f"splits.{name}.positives must be an integer in [0, rows], got {_shown(split.get('positives'))}")
+    if not isinstance(meta.get("input_hash", ""), str | None):
+        fail(f"'input_hash' must be a string, got {_shown(meta.get('input_hash'))}")
+
+
+def split_path(data_dir: str | Path, meta: dict[str, Any], split: str) -> Path:
+    """The file of ``split`` (checked to lie inside ``data_dir``, symbolic links resolved)."""
+    root = Path(data_dir)
+    if split not in meta["splits"]:
+        raise UserError(f"{root}: no split {split!r} (have: {', '.join(meta['splits'])})")
+    path = root / meta["splits"][split]["file"]
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise UserError(f"{root / 'meta.json'}: splits.{split}.file {path} lies outside the dataset directory")
+    if not path.is_file():
+        raise UserError(f"{path}: split file missing")
+    return path
+
+
+def check_split_file(data_dir: str | Path, meta: dict[str, Any], split: str) -> Path:
+    """The file of ``split``, checked: a Parquet file inside ``data_dir`` with an integer column for every field
+    and the label, and as many rows as ``meta.json`` says (read from the file's footer only)."""
+    path = split_path(data_dir, meta, split)
+    try:
+        schema = pl.read_parquet_schema(path)
+        rows = pl.scan_parquet(path).select(pl.len()).collect().item()
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise UserError(f"{path}: not a readable Parquet file ({first_line(exc)})") from None
+    for name in [f["name"] for f in meta["fields"]] + [meta["label"]]:
+        if name not in schema:
+            raise UserError(f"{path}: no column {name!r} (meta.json declares it)")
+        if not (schema[name].is_integer() or schema[name] == pl.Boolean):
+            raise UserError(f"{path}: column {name!r} holds {schema[name]}, expected integer ids/labels")
+    if rows != meta["splits"][split]["rows"]:
+        raise UserError(f"{path}: {rows} rows, meta.json says {meta['splits'][split]['rows']}")
+    return path
 
 
 @dataclass
@@ -49,22 +146,55 @@ class Split:
 
 def load_split(data_dir: str | Path, split: str, meta: dict[str, Any] | None = None) -> Split:
     """Load ``split`` of a preprocessed dataset into tensors (field order as in ``meta["fields"]``)."""
+    meta = meta if meta is not None else load_meta(data_dir)
+    path = check_split_file(data_dir, meta, split)
+    try:
+        frame = pl.read_parquet(path, columns=[*(f["name"] for f in meta["fields"]), meta["label"]])
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise UserError(f"{path}: not a readable Parquet file ({first_line(exc)})") from None
+    return split_tensors(frame, meta, path)
+
+
+def split_tensors(frame: pl.DataFrame, meta: dict[str, Any], path: Path, first_row: int = 0) -> Split:
+    """``frame`` (rows of a split file from row ``first_row`` on) as tensors, checked: no missing values, ids in
+    ``[0, vocab_size)`` of each field, labels 0 or 1. ``path`` names the file in the error."""
     import torch  # here, not at module level: preprocessing reads this module and needs no torch
 
-    meta = meta if meta is not None else load_meta(data_dir)
-    if split not in meta["splits"]:
-        raise UserError(f"{data_dir}: no split {split!r} (have: {', '.join(meta['splits'])})")
-    path = Path(data_dir) / meta["splits"][split]["file"]
-    if not path.is_file():
-        raise UserError(f"{path}: split file missing")
     names = [f["name"] for f in meta["fields"]]
-    frame = pl.read_parquet(path, columns=[*names, meta["label"]])
-    ids = frame.select(names).to_numpy().astype(np.int32, copy=False)
-    labels = frame[meta["label"]].to_numpy().astype(np.float32)
+    for name in [*names, meta["label"]]:
+        if frame[name].null_count():
+            row = first_row + int(frame[name].is_null().arg_max())
+            raise UserError(f"{path}, row {row}: column {name!r} has a missing value")
+    ids = frame.select(names).to_numpy().astype(np.int64, copy=False)
     vocab = np.array([f["vocab_size"] for f in meta["fields"]])
-    if ids.size and ((ids < 0) | (ids >= vocab)).any():
-        raise UserError(f"{path}: ids outside the vocabulary sizes in meta.json")
-    return Split(torch.from_numpy(np.ascontiguousarray(ids)), torch.from_numpy(labels))
+    outside = (ids < 0) | (ids >= vocab)
+    if outside.any():
+        row, col = np.argwhere(outside)[0]
+        raise UserError(
+            f"{path}, row {first_row + row}: id {ids[row, col]} of field {names[col]!r} is outside "
+            f"[0, {vocab[col]}) (the vocabulary size in meta.json)"
+        )
+    labels = frame[meta["label"]].cast(pl.Int64).to_numpy()
+    wrong = (labels != 0) & (labels != 1)
+    if wrong.any():
+        row = int(np.argmax(wrong))
+        raise UserError(f"{path}, row {first_row + row}: label {labels[row]} is not 0 or 1")
+    ids32 = np.ascontiguousarray(ids, dtype=np.int32)
+    return Split(torch.from_numpy(ids32), torch.from_numpy(labels.astype(np.float32)))
+
+
+def _integer(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _shown(value: Any) -> str:
+    """A value from the file, shortened for a one-line message."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def field_offsets(meta: dict[str, Any]) -> torch.Tensor:
