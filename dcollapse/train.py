@@ -29,7 +29,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 from torch.nn import functional
 
 from dcollapse import checkpoint
-from dcollapse.data.dataset import Split, load_meta, load_split
+from dcollapse.data.dataset import Split, load_meta, load_split, split_tensors
 from dcollapse.diagnostics.richness import richness_snapshot
 from dcollapse.errors import UserError
 from dcollapse.metrics.spectrum import field_singular_values, information_abundance, rankme, singular_values
@@ -251,15 +251,11 @@ def parquet_chunks(
     chunk is in memory at a time."""
     path = data_dir / meta["splits"]["train"]["file"]
     names = [f["name"] for f in meta["fields"]]
-    vocab = torch.tensor([f["vocab_size"] for f in meta["fields"]], dtype=torch.int32)
     starts = list(range(0, int(meta["splits"]["train"]["rows"]), chunk_rows))
     for i in torch.randperm(len(starts), generator=generator).tolist():
         frame = pl.scan_parquet(path).select([*names, meta["label"]]).slice(starts[i], chunk_rows).collect()
-        ids = torch.from_numpy(frame.select(names).to_numpy().astype(np.int32))
-        if ((ids < 0) | (ids >= vocab)).any():
-            raise UserError(f"{path}: ids outside the vocabulary sizes in meta.json (rows from {starts[i]})")
-        labels = torch.from_numpy(frame[meta["label"]].to_numpy().astype(np.float32))
-        yield Split(ids.to(device), labels.to(device))
+        chunk = split_tensors(frame, meta, path, first_row=starts[i])  # ids in range, labels 0/1
+        yield Split(chunk.ids.to(device), chunk.labels.to(device))
 
 
 @torch.no_grad()
