@@ -1,8 +1,10 @@
 """Field-embedding lookup from one concatenated table: ids [B, F] + offsets [F] -> E [B, F, d].
 
-Triton path: a gather kernel forward, the table-gradient scatter (:mod:`dcollapse.kernels.scatter`) backward.
-``sparse=True``: the table's gradient is a sparse COO tensor holding only the rows the batch read, once each (for
-optimizers that update only those rows, e.g. ``torch.optim.SparseAdam``).
+Triton path: a gather kernel forward, the table-gradient segment reduction (:mod:`dcollapse.kernels.scatter`)
+backward. ``sparse=True``: the table's gradient is a sparse COO tensor holding only the rows the batch read, once
+each (for optimizers that update only those rows, e.g. ``torch.optim.SparseAdam``). ``update=``: a
+:class:`~dcollapse.kernels.row_update.RowOptimizer` of the table, applied in the backward to the rows the batch
+read (the table gets no gradient at all); the reference path computes the same with ``torch.unique``.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import torch
 import triton
 import triton.language as tl
 
-from dcollapse.kernels.dispatch import use_triton
-from dcollapse.kernels.scatter import scatter_rows
+from dcollapse.kernels.dispatch import check_ids, use_triton
+from dcollapse.kernels.row_update import RowOptimizer
+from dcollapse.kernels.scatter import scatter_rows, update_rows
 
 
 def lookup_reference(table: torch.Tensor, ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
@@ -28,6 +31,24 @@ def lookup_reference(table: torch.Tensor, ids: torch.Tensor, offsets: torch.Tens
 def table_rows(ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """int64 [B * F]: the table row of every (sample, field), row-major."""
     return (ids.long() + offsets).reshape(-1)
+
+
+def table_gradient(
+    grad_rows: torch.Tensor, rows: torch.Tensor, num_rows: int, update: RowOptimizer | None
+) -> torch.Tensor | None:
+    """The Triton backward's table gradient [num_rows, d] from row gradients ``grad_rows`` [N, d] of ``rows`` [N];
+    with ``update``, None instead: the rows are updated in place."""
+    if update is None:
+        return scatter_rows(grad_rows, rows, num_rows)
+    update_rows(grad_rows, rows, update)
+    return None
+
+
+def check_table_op(table: torch.Tensor, ids: torch.Tensor, offsets: torch.Tensor, update: RowOptimizer | None) -> None:
+    """Refuse ids outside their fields' vocabularies and an ``update`` that belongs to another table."""
+    check_ids(ids, offsets, table.shape[0])
+    if update is not None and update.table is not table:
+        raise ValueError("update= must be the RowOptimizer of the table the op reads")
 
 
 @triton.jit
@@ -68,22 +89,22 @@ def lookup_triton(table: torch.Tensor, ids: torch.Tensor, offsets: torch.Tensor)
 
 class _Lookup(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, table, ids, offsets):
+    def forward(ctx, table, ids, offsets, update):
         ctx.save_for_backward(ids, offsets)
-        ctx.num_rows = table.shape[0]
+        ctx.num_rows, ctx.update = table.shape[0], update
         return lookup_triton(table, ids, offsets)
 
     @staticmethod
     def backward(ctx, grad_e):
         ids, offsets = ctx.saved_tensors
-        grad_table = scatter_rows(grad_e.reshape(-1, grad_e.shape[-1]), table_rows(ids, offsets), ctx.num_rows)
-        return grad_table, None, None
+        rows = table_rows(ids, offsets)
+        return table_gradient(grad_e.reshape(-1, grad_e.shape[-1]), rows, ctx.num_rows, ctx.update), None, None, None
 
 
 def field_op(launch, forward_kernel, backward_kernel, out_width) -> type[torch.autograd.Function]:
-    """An autograd op on field rows [B, F, d]: ``apply(src, ids, offsets)`` with ``src`` the table [V, d], ``ids``
-    [B, F] and ``offsets`` [F] (rows gathered inside the kernels: the fused lookup), or ``src`` = E [B, F, d] with
-    ``ids``/``offsets`` None.
+    """An autograd op on field rows [B, F, d]: ``apply(src, ids, offsets, update)`` with ``src`` the table [V, d],
+    ``ids`` [B, F] and ``offsets`` [F] (rows gathered inside the kernels: the fused lookup; ``update`` as in
+    :func:`lookup`), or ``src`` = E [B, F, d] with ``ids``/``offsets``/``update`` None.
 
     ``launch(kernel, rows, ids, offsets, B, F, *tensors, gather=)`` runs a kernel on ``rows`` (the table, or E as
     [B * F, d]): ``forward_kernel`` writes out [B, out_width(F, d)]; ``backward_kernel`` reads the output gradient
@@ -92,14 +113,14 @@ def field_op(launch, forward_kernel, backward_kernel, out_width) -> type[torch.a
 
     class FieldOp(torch.autograd.Function):
         @staticmethod
-        def forward(ctx, src, ids, offsets):
+        def forward(ctx, src, ids, offsets, update):
             gather = ids is not None
             B, F = ids.shape if gather else src.shape[:2]
             rows = src if gather else src.reshape(B * F, -1)
             out = torch.empty(B, out_width(F, rows.shape[1]), dtype=src.dtype, device=src.device)
             launch(forward_kernel, rows, ids, offsets, B, F, out, gather=gather)
             ctx.save_for_backward(src, ids, offsets)
-            ctx.gather, ctx.B, ctx.F = gather, B, F
+            ctx.gather, ctx.B, ctx.F, ctx.update = gather, B, F, update
             return out
 
         @staticmethod
@@ -111,15 +132,17 @@ def field_op(launch, forward_kernel, backward_kernel, out_width) -> type[torch.a
             grad_e = torch.empty(B, F, d, dtype=src.dtype, device=src.device)
             launch(backward_kernel, rows, ids, offsets, B, F, grad.contiguous(), grad_e, gather=gather)
             if not gather:
-                return grad_e, None, None
-            return scatter_rows(grad_e.reshape(-1, d), table_rows(ids, offsets), rows.shape[0]), None, None
+                return grad_e, None, None, None
+            rows_read = table_rows(ids, offsets)
+            return table_gradient(grad_e.reshape(-1, d), rows_read, rows.shape[0], ctx.update), None, None, None
 
     return FieldOp
 
 
 class _SparseLookup(torch.autograd.Function):
     """E [N, d] = table[rows] for rows int64 [N]; the table gradient is a sparse COO tensor [V, d] holding one
-    row per distinct id (sorted, U <= N rows).
+    row per distinct id (sorted, U <= N rows), or with ``update`` none: the distinct rows are updated in place
+    from their summed gradients (the reference path of the in-backward update).
 
     The distinct rows are found once in forward (a sort of the N ids, as int32 when the table allows: about 2x
     faster) and the row gradients summed per distinct row in backward. ``F.embedding(..., sparse=True)`` instead
@@ -128,26 +151,39 @@ class _SparseLookup(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, table, rows):
+    def forward(ctx, table, rows, update):
         narrow = rows.int() if table.shape[0] <= torch.iinfo(torch.int32).max else rows
         unique, inverse = torch.unique(narrow, return_inverse=True)
         ctx.save_for_backward(unique.long(), inverse)
-        ctx.table_shape = table.shape
+        ctx.table_shape, ctx.update = table.shape, update
         return table.index_select(0, rows)
 
     @staticmethod
     def backward(ctx, grad):
         unique, inverse = ctx.saved_tensors
         values = grad.new_zeros(len(unique), grad.shape[1]).index_add_(0, inverse, grad)
+        if ctx.update is not None:
+            ctx.update.apply_reference(unique, values)
+            return None, None, None
         return torch.sparse_coo_tensor(
             unique[None], values, ctx.table_shape, is_coalesced=True, check_invariants=False
-        ), None
+        ), None, None
 
 
-def lookup(table: torch.Tensor, ids: torch.Tensor, offsets: torch.Tensor, sparse: bool = False) -> torch.Tensor:
-    """Public op: E [B, F, d], differentiable with respect to ``table`` (a sparse gradient with ``sparse``)."""
-    if sparse:
-        return _SparseLookup.apply(table, table_rows(ids, offsets)).view(*ids.shape, table.shape[1])
+def lookup(
+    table: torch.Tensor,
+    ids: torch.Tensor,
+    offsets: torch.Tensor,
+    sparse: bool = False,
+    update: RowOptimizer | None = None,
+) -> torch.Tensor:
+    """Public op: E [B, F, d] from ``table`` [V, d], local ids int [B, F] and field offsets int [F], differentiable
+    with respect to ``table`` (a sparse gradient with ``sparse``; updated in the backward by ``update``)."""
+    check_table_op(table, ids, offsets, update)
+    if sparse and update is not None:
+        raise ValueError("sparse=True and update= exclude each other (update= leaves the table no gradient)")
+    if sparse or (update is not None and not use_triton(table)):
+        return _SparseLookup.apply(table, table_rows(ids, offsets), update).view(*ids.shape, table.shape[1])
     if not use_triton(table):
         return lookup_reference(table, ids, offsets)
-    return _Lookup.apply(table.contiguous(), ids.contiguous(), offsets.contiguous())
+    return _Lookup.apply(table.contiguous(), ids.contiguous(), offsets.contiguous(), update)

@@ -1,25 +1,40 @@
-"""Table-gradient scatter: out[rows[n]] += grad[n] for grad rows [N, d] -> a dense table gradient [V, d].
+"""Table gradients from row gradients: the sorted segment reduction, into a dense gradient or an in-place update.
 
-Two Triton paths behind :func:`scatter_rows`:
+Given N gradient contributions to table rows ``rows`` [N], the Triton path (the FBGEMM/TorchRec backward)
 
-* ``"sorted"`` (default, deterministic): sort the row ids, run-length encode them, and give each run one
-  program that sums its gradient rows in registers and writes the table row once (the FBGEMM/TorchRec
-  backward). Runs longer than ``max_run`` (hot rows such as the OOV/missing ids) are split into chunks whose
-  partial sums a second pass of the same kernel reduces, in a fixed order.
-* ``"atomic"``: one ``tl.atomic_add`` per gradient element into a zeroed fp32 table (simple; the order of the
-  additions, and so the last bits, vary between GPU runs).
+1. plans segments on the device with no host sync (:func:`plan_segments`): a stable sort of the rows, the runs of
+   equal rows (one segment per distinct row), and pieces of at most ``max_run`` contributions. A segment of one
+   piece (almost all of them) is reduced and finished by one program; only the long segments (hot rows such as
+   the missing-value ids) are split, their pieces' partial sums written out and combined by a second pass over
+   the long segments alone;
+2. reduces each piece in a fixed order (deterministic: one program owns a row, no atomics) and finishes the row:
+   ``dst[row] = sum`` (a dense gradient, :func:`scatter_rows`) or the optimizer rule of a
+   :class:`~dcollapse.kernels.row_update.RowOptimizer` applied to the table row in place (:func:`update_rows`).
+
+Contributions come in two forms: gradient rows ``grad`` [N, d] (row n contributes grad[n]), or the FM algebra
+(row n of sample b = n // F contributes g_b * (s_b - e_row), summed per row as sum g_b s_b - e_row sum g_b from
+g, s [B, d]: no per-(sample, field) gradient is formed and no row is gathered twice).
+
+``"atomic"`` (:func:`scatter_rows_atomic`): one ``tl.atomic_add`` per element into a zeroed fp32 table, the
+simple baseline (the order of the additions, and so the last bits, vary between GPU runs).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-from dcollapse.kernels.dispatch import use_triton
+from dcollapse.kernels.dispatch import acc_dtype, use_triton
+from dcollapse.kernels.row_update import RULES, RowOptimizer
 
 SCATTER_METHODS = ("sorted", "atomic")
-MAX_RUN = 256  # rows one program reduces before a run is split (TorchRec's long-run threshold)
+MAX_RUN = 256  # contributions one program reduces before a segment is split (TorchRec's long-run threshold)
+MAX_D = 1024  # a program holds a whole table row (the row-wise rules need it)
+SOURCE_ROWS, SOURCE_FM, SOURCE_PARTIAL = 0, 1, 2
+SINK_DENSE, SINK_UPDATE = 0, 1
 
 
 def scatter_rows_reference(grad: torch.Tensor, rows: torch.Tensor, num_rows: int) -> torch.Tensor:
@@ -32,7 +47,7 @@ def split_segments(begins: torch.Tensor, ends: torch.Tensor, max_len: int) -> tu
     """Cut segments [begins[s], ends[s]) into pieces of at most ``max_len``.
 
     Returns (piece_begin [P], piece_end [P], piece_segment [P]) int64, pieces in segment order; empty
-    segments get no piece.
+    segments get no piece. (Sizes its outputs on the host: one sync; the spectrum's chunking uses it.)
     """
     lengths = (ends - begins).clamp(min=0)
     pieces = torch.div(lengths + max_len - 1, max_len, rounding_mode="floor")
@@ -44,28 +59,224 @@ def split_segments(begins: torch.Tensor, ends: torch.Tensor, max_len: int) -> tu
     return piece_begin, piece_end, segment
 
 
+@dataclass
+class Segments:
+    """A device-side plan of the segment reduction of N contributions (all int64 device tensors, fixed sizes).
+
+    ``order`` [N]: contribution index of each sorted position. Pass 1, pieces p < P = N + N // max_run + 1:
+    sorted positions [piece_begin[p], piece_end[p]) (empty for unused p) of table row ``piece_row[p]``;
+    ``piece_alone[p]`` = 1 when the piece is its segment's only one (finished in pass 1). Pass 2, long segments
+    j < L = N // (max_run + 1) + 1: pieces [long_begin[j], long_end[j]) (empty for unused j) of row ``long_row[j]``.
+    """
+
+    order: torch.Tensor
+    piece_begin: torch.Tensor
+    piece_end: torch.Tensor
+    piece_row: torch.Tensor
+    piece_alone: torch.Tensor
+    long_begin: torch.Tensor
+    long_end: torch.Tensor
+    long_row: torch.Tensor
+    has_long: bool  # whether a long segment is possible at all (N > max_run): pass 2 runs only then
+
+
+def plan_segments(rows: torch.Tensor, num_rows: int, max_run: int = MAX_RUN) -> Segments:
+    """The :class:`Segments` of contributions to table rows ``rows`` int [N] (N > 0), computed without a host sync."""
+    n = rows.numel()
+    narrow = rows.int() if num_rows <= torch.iinfo(torch.int32).max else rows.long()  # the int32 sort is ~2x faster
+    sorted_rows, order = torch.sort(narrow.reshape(-1), stable=True)
+    sorted_rows = sorted_rows.long()
+    starts = torch.ones(n, dtype=torch.bool, device=rows.device)
+    starts[1:] = sorted_rows[1:] != sorted_rows[:-1]
+    segment = torch.cumsum(starts, 0) - 1  # [N] segment of each sorted position
+    position = torch.arange(n, device=rows.device)
+    begins = torch.full((n + 1,), n, dtype=torch.int64, device=rows.device)
+    begins.scatter_reduce_(0, segment, position, "amin")  # first position of each segment; unused entries stay n
+    seg_begin, seg_end = begins[:-1], begins[1:]
+    seg_row = sorted_rows[seg_begin.clamp(max=n - 1)]
+    pieces = torch.div(seg_end - seg_begin + max_run - 1, max_run, rounding_mode="floor")  # [N], 0 when unused
+    pieces_end = torch.cumsum(pieces, 0)
+
+    p = torch.arange(n + n // max_run + 1, device=rows.device)
+    seg = torch.searchsorted(pieces_end, p, right=True).clamp(max=n - 1)
+    piece_begin = seg_begin[seg] + (p - (pieces_end[seg] - pieces[seg])) * max_run
+    piece_end = torch.where(p < pieces_end[-1], torch.minimum(piece_begin + max_run, seg_end[seg]), piece_begin)
+
+    long_end = torch.cumsum(pieces > 1, 0)
+    j = torch.arange(n // (max_run + 1) + 1, device=rows.device)
+    long_seg = torch.searchsorted(long_end, j, right=True).clamp(max=n - 1)
+    first = pieces_end[long_seg] - pieces[long_seg]
+    return Segments(
+        order=order.long(),
+        piece_begin=piece_begin,
+        piece_end=piece_end,
+        piece_row=seg_row[seg],
+        piece_alone=(pieces[seg] == 1).to(torch.int32),
+        long_begin=first,
+        long_end=torch.where(j < long_end[-1], pieces_end[long_seg], first),
+        long_row=seg_row[long_seg],
+        has_long=n > max_run,
+    )
+
+
 @triton.jit
-def _segment_sum_kernel(
-    src, order, begins, ends, dst, dst_rows, d, HAS_ORDER: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr
-):
-    """dst[dst_rows[s]] = sum of src[order[i]] (or src[i]) for i in [begins[s], ends[s]), summed in a fixed order."""
-    seg = tl.program_id(0)
-    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    col_mask = cols < d
-    begin = tl.load(begins + seg)
-    end = tl.load(ends + seg)
-    acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-    for start in range(begin, end, BLOCK_N):
-        idx = start + tl.arange(0, BLOCK_N)
-        mask = idx < end
-        if HAS_ORDER:
-            src_row = tl.load(order + idx, mask=mask, other=0)
+def _finish_row(
+    total, row, cols, col_mask, table, dst, state1, state2, d, step, eps, beta1, beta2, weight_decay,
+    SINK: tl.constexpr, RULE: tl.constexpr, ACC: tl.constexpr,
+):  # fmt: skip
+    """Finish table row ``row`` from its summed gradient ``total`` [BLOCK_D]: dst[row] = total (SINK 0), or the
+    rule RULE (0 sgd, 1 adagrad, 2 rowwise_adagrad, 3 lazy_adam; see row_update) applied in place (SINK 1)."""
+    off = row * d + cols
+    if SINK == 0:
+        tl.store(dst + off, total.to(dst.dtype.element_ty), mask=col_mask)
+    else:
+        w = tl.load(table + off, mask=col_mask, other=0.0).to(ACC)
+        g = total + weight_decay * w
+        if RULE == 0:
+            w -= step * g
+        elif RULE == 1:
+            s = tl.load(state1 + off, mask=col_mask, other=0.0) + g * g
+            tl.store(state1 + off, s, mask=col_mask)
+            w -= step * g / (tl.sqrt(s) + eps)
+        elif RULE == 2:
+            s = tl.load(state1 + row) + tl.sum(g * g, axis=0) / d
+            tl.store(state1 + row, s)
+            w -= step * g / (tl.sqrt(s) + eps)
         else:
-            src_row = idx
-        ptrs = src + src_row.to(tl.int64)[:, None] * d + cols[None, :]
-        acc += tl.load(ptrs, mask=mask[:, None] & col_mask[None, :], other=0.0).to(tl.float32)
-    out_row = tl.load(dst_rows + seg).to(tl.int64)
-    tl.store(dst + out_row * d + cols, tl.sum(acc, axis=0), mask=col_mask)
+            m = beta1 * tl.load(state1 + off, mask=col_mask, other=0.0) + (1 - beta1) * g
+            v = beta2 * tl.load(state2 + off, mask=col_mask, other=0.0) + (1 - beta2) * g * g
+            tl.store(state1 + off, m, mask=col_mask)
+            tl.store(state2 + off, v, mask=col_mask)
+            w -= step * m / (tl.sqrt(v) + eps)
+        tl.store(table + off, w.to(table.dtype.element_ty), mask=col_mask)
+
+
+@triton.jit
+def _segment_kernel(
+    src, src2, order, begins, ends, rows, alone, partial, table, dst, state1, state2,
+    d, F, step, eps, beta1, beta2, weight_decay,
+    SOURCE: tl.constexpr, SINK: tl.constexpr, RULE: tl.constexpr, SPLIT: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """One piece [begins[p], ends[p]) of the sorted contributions to table row rows[p], summed in a fixed order.
+
+    SOURCE 0: contribution i is src[order[i]] (gradient rows [N, d]); SOURCE 1 (FM): with b = order[i] // F, it is
+    g_b * s_b and -g_b * e_row (src = g, src2 = s, both [B, d]); SOURCE 2: src[i] (pass 2 over pass 1's partial
+    sums). A piece whose segment has others (SPLIT and alone[p] == 0) writes its sum to partial[p]; otherwise the
+    row is finished (:func:`_finish_row`).
+    """
+    p = tl.program_id(0)
+    begin = tl.load(begins + p)
+    end = tl.load(ends + p)
+    if end > begin:
+        cols = tl.arange(0, BLOCK_D)
+        col_mask = cols < d
+        row = tl.load(rows + p).to(tl.int64)
+        acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=ACC)
+        acc2 = tl.zeros((BLOCK_N, BLOCK_D), dtype=ACC)
+        for start in range(begin, end, BLOCK_N):
+            idx = start + tl.arange(0, BLOCK_N)
+            mask = idx < end
+            if SOURCE == 2:
+                src_row = idx.to(tl.int64)
+            else:
+                src_row = tl.load(order + idx, mask=mask, other=0).to(tl.int64)
+                if SOURCE == 1:
+                    src_row = src_row // F
+            tile_mask = mask[:, None] & col_mask[None, :]
+            off = src_row[:, None] * d + cols[None, :]
+            x = tl.load(src + off, mask=tile_mask, other=0.0).to(ACC)
+            if SOURCE == 1:
+                acc += x * tl.load(src2 + off, mask=tile_mask, other=0.0).to(ACC)
+                acc2 += x
+            else:
+                acc += x
+        total = tl.sum(acc, axis=0)
+        if SOURCE == 1:
+            total -= tl.load(table + row * d + cols, mask=col_mask, other=0.0).to(ACC) * tl.sum(acc2, axis=0)
+        finish = True
+        if SPLIT:
+            finish = tl.load(alone + p) != 0
+        if finish:
+            _finish_row(total, row, cols, col_mask, table, dst, state1, state2, d, step, eps, beta1, beta2,
+                        weight_decay, SINK, RULE, ACC)  # fmt: skip
+        else:
+            tl.store(partial + p.to(tl.int64) * d + cols, total, mask=col_mask)
+
+
+def segment_config(d: int, source: int) -> dict[str, int]:
+    """Blocks and warps of :func:`_segment_kernel` for rows of width ``d``: the whole row in one program, about
+    1024 accumulator values (2048 for FM's two accumulators), one warp per 512 values (a warp per short row)."""
+    if d > MAX_D:
+        raise ValueError(f"table rows wider than {MAX_D} columns are not supported, got d = {d}")
+    block_d = triton.next_power_of_2(d)
+    block_n = max(1, min(32, 1024 // block_d))
+    values = block_n * block_d * (2 if source == SOURCE_FM else 1)
+    return {"BLOCK_N": block_n, "BLOCK_D": block_d, "num_warps": max(1, min(8, values // 512))}
+
+
+def reduce_segments(
+    src: torch.Tensor,
+    src2: torch.Tensor | None,
+    rows: torch.Tensor,
+    num_rows: int,
+    *,
+    fields: int = 1,
+    table: torch.Tensor | None = None,
+    dst: torch.Tensor | None = None,
+    update: RowOptimizer | None = None,
+    max_run: int = MAX_RUN,
+) -> None:
+    """Sum the contributions to each distinct row of ``rows`` int [N] and finish it: into ``dst`` [num_rows, d]
+    (rows not in ``rows`` untouched), or by ``update`` in place (then ``table`` is ``update.table``).
+
+    Contributions: ``src`` [N, d] rows (``src2`` None), or the FM algebra with g = ``src``, s = ``src2`` [B, d],
+    ``fields`` = F (N = B * F) and ``table`` [num_rows, d] the embedding rows. No host sync.
+    """
+    d = src.shape[1]
+    source = SOURCE_ROWS if src2 is None else SOURCE_FM
+    table = update.table if update is not None else table
+    if rows.numel() == 0:
+        return
+    plan = plan_segments(rows, num_rows, max_run)
+    acc = acc_dtype(table.dtype if table is not None else src.dtype)
+    torch_acc = torch.float64 if acc == tl.float64 else torch.float32
+    if update is not None:
+        step = update.next_step_size()
+        state = [*update.state, *update.state][:2] if update.state else [table, table]
+        rule_args = {"step": step, "eps": update.eps, "beta1": update.betas[0], "beta2": update.betas[1],
+                     "weight_decay": update.weight_decay}  # fmt: skip
+        sink, rule = SINK_UPDATE, RULES.index(update.rule)
+    else:
+        state = [dst, dst]
+        rule_args = {"step": 0.0, "eps": 0.0, "beta1": 0.0, "beta2": 0.0, "weight_decay": 0.0}
+        sink, rule = SINK_DENSE, 0
+    table_arg = table if table is not None else src
+    dst_arg = dst if dst is not None else table_arg
+    partial = torch.empty(len(plan.piece_begin) if plan.has_long else 1, d, dtype=torch_acc, device=src.device)
+    common = {"SINK": sink, "RULE": rule, "ACC": acc}
+    config = segment_config(d, source)
+    _segment_kernel[(len(plan.piece_begin),)](
+        src, src2 if src2 is not None else src, plan.order, plan.piece_begin, plan.piece_end, plan.piece_row,
+        plan.piece_alone, partial, table_arg, dst_arg, *state, d, fields, **rule_args,
+        SOURCE=source, SPLIT=True, **common, **config,
+    )  # fmt: skip
+    if plan.has_long:
+        config = segment_config(d, SOURCE_PARTIAL)
+        _segment_kernel[(len(plan.long_begin),)](
+            partial, partial, plan.order, plan.long_begin, plan.long_end, plan.long_row,
+            plan.piece_alone, partial, table_arg, dst_arg, *state, d, fields, **rule_args,
+            SOURCE=SOURCE_PARTIAL, SPLIT=False, **common, **config,
+        )  # fmt: skip
+
+
+def scatter_rows_sorted(grad: torch.Tensor, rows: torch.Tensor, num_rows: int, max_run: int = MAX_RUN) -> torch.Tensor:
+    """Deterministic Triton scatter (sorted segment reduction), [num_rows, d] fp32 (float64 for float64 ``grad``)."""
+    grad = grad.contiguous()
+    dtype = torch.float64 if grad.dtype == torch.float64 else torch.float32
+    out = torch.zeros(num_rows, grad.shape[1], dtype=dtype, device=grad.device)
+    reduce_segments(grad, None, rows, num_rows, dst=out, max_run=max_run)
+    return out
 
 
 @triton.jit
@@ -77,47 +288,6 @@ def _atomic_scatter_kernel(src, rows, dst, n, d, BLOCK_N: tl.constexpr, BLOCK_D:
     row = tl.load(rows + idx, mask=idx < n, other=0).to(tl.int64)
     g = tl.load(src + idx.to(tl.int64)[:, None] * d + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     tl.atomic_add(dst + row[:, None] * d + cols[None, :], g, mask=mask)
-
-
-def _launch_segment_sum(src, order, begins, ends, dst, dst_rows) -> None:
-    d = src.shape[1]
-    block_d = min(triton.next_power_of_2(d), 128)
-    grid = (len(begins), triton.cdiv(d, block_d))
-    _segment_sum_kernel[grid](
-        src,
-        order if order is not None else begins,
-        begins,
-        ends,
-        dst,
-        dst_rows,
-        d,
-        HAS_ORDER=order is not None,
-        BLOCK_N=16,
-        BLOCK_D=block_d,
-    )
-
-
-def scatter_rows_sorted(grad: torch.Tensor, rows: torch.Tensor, num_rows: int, max_run: int = MAX_RUN) -> torch.Tensor:
-    """Deterministic Triton scatter (sort + run-length segments), [num_rows, d] fp32."""
-    grad = grad.contiguous()
-    out = torch.zeros(num_rows, grad.shape[1], dtype=torch.float32, device=grad.device)
-    if grad.shape[0] == 0:
-        return out
-    sorted_rows, order = torch.sort(rows.long(), stable=True)
-    unique, counts = torch.unique_consecutive(sorted_rows, return_counts=True)
-    run_end = torch.cumsum(counts, 0)
-    piece_begin, piece_end, piece_run = split_segments(run_end - counts, run_end, max_run)
-    if len(piece_begin) == len(unique):  # no long runs: one pass straight into the table
-        _launch_segment_sum(grad, order, piece_begin, piece_end, out, unique)
-        return out
-    partial = torch.empty(len(piece_begin), grad.shape[1], dtype=torch.float32, device=grad.device)
-    _launch_segment_sum(
-        grad, order, piece_begin, piece_end, partial, torch.arange(len(piece_begin), device=grad.device)
-    )
-    pieces_per_run = torch.bincount(piece_run, minlength=len(unique))
-    pieces_end = torch.cumsum(pieces_per_run, 0)
-    _launch_segment_sum(partial, None, pieces_end - pieces_per_run, pieces_end, out, unique)
-    return out
 
 
 def scatter_rows_atomic(grad: torch.Tensor, rows: torch.Tensor, num_rows: int) -> torch.Tensor:
@@ -143,7 +313,15 @@ def scatter_rows(grad: torch.Tensor, rows: torch.Tensor, num_rows: int, method: 
     if not use_triton(grad):
         return scatter_rows_reference(grad, rows, num_rows)
     if method == "atomic":
+        if grad.dtype == torch.float64:
+            raise ValueError("the atomic scatter accumulates in float32; use method='sorted' for float64")
         out = scatter_rows_atomic(grad, rows, num_rows)
     else:
         out = scatter_rows_sorted(grad, rows, num_rows)
     return out.to(grad.dtype)
+
+
+def update_rows(grad: torch.Tensor, rows: torch.Tensor, update: RowOptimizer) -> None:
+    """Triton path of the in-backward update: apply ``update`` to the distinct rows of ``rows`` int [N] with
+    gradient contributions ``grad`` [N, d], each row's contributions summed first (the exact update)."""
+    reduce_segments(grad.contiguous(), None, rows, update.table.shape[0], update=update)
