@@ -9,14 +9,16 @@ import threading
 
 
 def _interrupted_while_starting(signum: int, frame: object) -> None:
-    """Ctrl-C while the command modules import (torch takes seconds): nothing is written yet, so leave at once."""
+    """Ctrl-C (or SIGTERM) while the command modules import (torch takes seconds): nothing is written yet, so
+    leave at once with the exit code of an interrupted command."""
     sys.stderr.write("interrupted\n")
     os._exit(130)
 
 
-# Until the commands are registered (end of this module); then Ctrl-C is a KeyboardInterrupt the commands handle.
-_starting = threading.current_thread() is threading.main_thread()
-_sigint = signal.signal(signal.SIGINT, _interrupted_while_starting) if _starting else None
+# Until the commands are registered (end of this module); then both signals raise KeyboardInterrupt in the command,
+# which removes its temporary outputs and exits 130 through the error boundary (cli/common.py).
+_SIGNALS = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ()
+_previous = {sig: signal.signal(sig, _interrupted_while_starting) for sig in _SIGNALS}
 
 import importlib  # noqa: E402
 
@@ -59,8 +61,8 @@ def _register_all() -> None:
 
 
 _register_all()
-if _starting:
-    signal.signal(signal.SIGINT, _sigint)
+for _sig, _handler in _previous.items():
+    signal.signal(_sig, _handler)
 
 
 def _terminated(signum: int, frame: object) -> None:

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from dcollapse.errors import CheckFailed, UserError
+from dcollapse.errors import CheckFailed, Notice, UserError
 
 # Tables and reports on stdout. Piped into a file or a CI log there is no terminal width; Rich would then cut the
 # tables at 80 columns, so use a wide page unless COLUMNS says otherwise.
@@ -25,6 +26,18 @@ out = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") els
 err = Console(stderr=True)  # progress, messages and errors: stderr
 
 F = TypeVar("F", bound=Callable[..., Any])
+_show_warning = warnings.showwarning
+
+
+def _show_notice(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    """The library's notices (:class:`Notice`) as one line on stderr; other warnings as Python shows them."""
+    if issubclass(category, Notice):
+        say("note:", str(message), "yellow")
+    else:
+        _show_warning(message, category, *args, **kwargs)
+
+
+warnings.showwarning = _show_notice
 
 
 def handles_errors(fn: F) -> F:
@@ -119,6 +132,7 @@ def progress(transient: bool = True) -> Progress:
         TextColumn("{task.fields[status]}"),
         console=err,
         transient=transient,
+        disable=transient and not err.is_terminal,  # no terminal: nothing to redraw, and no blank line left behind
     )
 
 

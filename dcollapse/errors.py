@@ -7,3 +7,8 @@ class UserError(Exception):
 
 class CheckFailed(Exception):
     """A requested check (e.g. ``--fail-under-ia``) did not pass. The message is the one-line reason."""
+
+
+class Notice(UserWarning):
+    """Something the user should know that is not an error (e.g. leftovers of a killed run were cleaned up); the
+    CLI prints it as one line."""

@@ -1,18 +1,26 @@
-"""Atomic output: a crash or a bad input never leaves a half-written file or directory."""
+"""Atomic output: a crash or a bad input never leaves a half-written file or directory.
+
+Temporary files and scratch folders beside a target are named ``.NAME.HOST-PID.XXXX.tmp`` (or ``.work``): the
+next run that writes NAME removes those whose process is gone (:func:`remove_stale`), and restores or removes a
+``.NAME.old`` left by a replacement that was interrupted. :func:`output_lock` lets one run at a time write NAME.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
+import socket
 import tempfile
 import tomllib
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from dcollapse.errors import UserError
+from dcollapse.errors import Notice, UserError
 
 
 @contextlib.contextmanager
@@ -28,6 +36,9 @@ def atomic_path(
     earlier output of the same kind is ever replaced, never an unrelated directory.
     """
     target = Path(target)
+    remove_stale(target)
+    if directory:
+        recover_replaced(target)
     if target.exists():
         if not overwrite:
             raise UserError(f"{target}: already exists (pass --overwrite to replace it)")
@@ -36,11 +47,11 @@ def atomic_path(
             raise UserError(f"{target}: is {found}; the output here is {wanted} (choose another path)")
         if directory and replaces and any(target.iterdir()) and not (target / replaces).is_file():
             raise UserError(f"{target}: not an earlier output (no {replaces}); refusing to replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_parent(target)
     if directory:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        tmp = scratch_dir(target, ".tmp")
     else:
-        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        fd, name = tempfile.mkstemp(prefix=scratch_prefix(target), suffix=".tmp", dir=target.parent)
         os.close(fd)
         tmp = Path(name)
     try:
@@ -57,6 +68,118 @@ def atomic_path(
         _remove(old)
     else:
         os.replace(tmp, target)
+
+
+def scratch_prefix(target: Path) -> str:
+    """``.NAME.HOST-PID.``: the start of the names of this process's temporary paths beside ``target``."""
+    return f".{target.name}.{socket.gethostname()}-{os.getpid()}."
+
+
+def scratch_dir(target: Path, suffix: str = ".work") -> Path:
+    """A new empty private directory beside ``target`` named for this process (see :func:`remove_stale`)."""
+    return Path(tempfile.mkdtemp(prefix=scratch_prefix(target), suffix=suffix, dir=target.parent))
+
+
+@contextlib.contextmanager
+def scratch(target: str | Path) -> Iterator[Path]:
+    """A scratch directory beside ``target`` for the duration of the block (removed after it, however it ends);
+    stale ones of killed runs are removed first (:func:`remove_stale`)."""
+    target = Path(target)
+    remove_stale(target)
+    path = scratch_dir(target)
+    try:
+        yield path
+    finally:
+        _remove(path)
+
+
+def remove_stale(target: Path) -> list[Path]:
+    """Remove the temporary files and scratch folders beside ``target`` that a run of this tool on this host left
+    when it was killed (named by :func:`scratch_prefix`, their process gone); returns them. Paths of a live
+    process, of another host or named otherwise are never touched."""
+    target, host = Path(target), socket.gethostname()
+    start = f".{target.name}."
+    removed = []
+    with contextlib.suppress(OSError):  # a parent that does not exist (yet) or cannot be listed: nothing of ours
+        for path in target.parent.iterdir():
+            name = path.name
+            if not (name.startswith(start) and name.endswith((".tmp", ".work"))):
+                continue
+            owner = name[len(start) :].rpartition(".")[0].rpartition(".")[0]  # HOST-PID
+            owner_host, _, pid = owner.rpartition("-")
+            if owner_host == host and pid.isdigit() and not _alive(int(pid)):
+                _remove(path)
+                removed.append(path)
+    if removed:
+        warnings.warn(f"removed {len(removed)} temporary path(s) of killed runs beside {target}", Notice, stacklevel=2)
+    return removed
+
+
+def recover_replaced(target: Path) -> None:
+    """Finish a directory replacement that was interrupted between its two renames (see :func:`atomic_path`):
+    ``.NAME.old`` without NAME is the previous output, renamed back; beside a NAME it is a leftover, removed."""
+    old = target.with_name(f".{target.name}.old")
+    if not old.is_dir():
+        return
+    if target.exists():
+        _remove(old)
+        warnings.warn(f"removed {old}, left by an interrupted replacement of {target}", Notice, stacklevel=2)
+    else:
+        old.rename(target)
+        warnings.warn(f"restored {target} from {old} (its replacement was interrupted)", Notice, stacklevel=2)
+
+
+@contextlib.contextmanager
+def output_lock(target: str | Path) -> Iterator[None]:
+    """Hold the lock of ``target`` (an flock on ``.NAME.lock`` beside it, released if the process dies) while the
+    block writes it; another holder is a :class:`UserError`. Also proves the place writable before a long job."""
+    target = Path(target)
+    lock = target.with_name(f".{target.name}.lock")
+    make_parent(target)
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise UserError(f"{target}: cannot write there ({exc.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise UserError(
+                f"{target}: another run is writing it now (it holds {lock}); wait for it or choose another path"
+            ) from None
+        try:  # the lock file may have been removed by the holder we waited for: lock the current one
+            if os.path.samestat(os.fstat(fd), os.stat(lock)):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+        os.close(fd)
+
+
+def make_parent(target: Path) -> None:
+    """Create the folder of ``target``; a path below a file, or a place without permission, is a UserError."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{target}: cannot create its folder {target.parent} ({exc.strerror})") from None
+    if not target.parent.is_dir():
+        raise UserError(f"{target}: {target.parent} is not a folder")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return True
 
 
 def read_toml(path: Path, kind: str) -> dict[str, Any]:
