@@ -83,7 +83,7 @@ def _checkpoint_source(ckpt: dict, path: str | None, options: dict[str, Any]) ->
         "embedding", model.embedding.table.detach(), "embedding.table", names, model.embedding.offsets.clone()
     )
     _, _, candidates, _ = select(tensors_of(ckpt["state_dict"], path or "checkpoint"))
-    return TableSource([table], "dcollapse", "dcollapse", path, [], candidates, ckpt)
+    return TableSource([table], "dcollapse", "dcollapse", path, [], candidates, ckpt, model)
 
 
 def _load(source: Any) -> tuple[Loaded, str | None, str]:

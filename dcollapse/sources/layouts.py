@@ -61,6 +61,7 @@ LAYOUTS = (
     ),
 )
 GENERIC = Layout("generic", re.compile(r"(?P<name>.*emb.*?)(?:\.weight)?$", re.IGNORECASE))
+ONLY = Layout("generic", re.compile(r"(?P<name>.+?)(?:\.weight)?$"))  # the one 2-D tensor of a source (a bare array)
 
 
 def strip_prefixes(key: str) -> str:
@@ -93,11 +94,14 @@ def storage_id(tensor: torch.Tensor) -> tuple[int, int, tuple[int, ...]]:
 
 
 def detect(keys: list[str]) -> Layout:
-    """The first of :data:`LAYOUTS` with a table key among ``keys`` (stripped), else :data:`GENERIC`."""
+    """The first of :data:`LAYOUTS` with a table key among ``keys`` (the stripped keys of the fit tensors).
+
+    Else :data:`GENERIC`, or :data:`ONLY` when there is one fit tensor and its key names no embedding.
+    """
     for layout in LAYOUTS:
         if any(layout.pattern.search(k) and not (layout.skip and layout.skip.search(k)) for k in keys):
             return layout
-    return GENERIC
+    return ONLY if len(keys) == 1 and not GENERIC.pattern.search(keys[0]) else GENERIC
 
 
 def select(

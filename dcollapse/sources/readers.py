@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import warnings
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -76,7 +77,9 @@ def _refusal(path: Path, exc: Exception) -> UserError:
 def read_torch(path: Path) -> Loaded:
     """A ``torch.save`` file, read with ``weights_only=True``; a dcollapse checkpoint is validated and kept."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols it then reads (or refuses) anyway
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise _refusal(path, exc) from None
     except Exception as exc:  # noqa: BLE001  truncated zip, random bytes: torch fails in many ways
@@ -139,13 +142,15 @@ def read_dcp(path: Path) -> Loaded:
 
     reader = dcp.FileSystemReader(str(path))
     try:
-        metadata = reader.read_metadata()
-        state = {
-            key: torch.empty(meta.size, dtype=meta.properties.dtype)
-            for key, meta in metadata.state_dict_metadata.items()
-            if isinstance(meta, TensorStorageMetadata)
-        }
-        dcp.load(state, storage_reader=reader, no_dist=True)
+        with warnings.catch_warnings():  # DCP warns that it loads in one process, which is the intent here
+            warnings.simplefilter("ignore", UserWarning)
+            metadata = reader.read_metadata()
+            state = {
+                key: torch.empty(meta.size, dtype=meta.properties.dtype)
+                for key, meta in metadata.state_dict_metadata.items()
+                if isinstance(meta, TensorStorageMetadata)
+            }
+            dcp.load(state, storage_reader=reader, no_dist=True)
     except Exception as exc:  # noqa: BLE001  DCP raises its own CheckpointException and plain errors alike
         first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{path}: not a readable torch.distributed.checkpoint directory ({first})") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 
 @dataclass
@@ -45,3 +46,4 @@ class TableSource:
     notes: list[str] = field(default_factory=list)
     candidates: list[Candidate] = field(default_factory=list)
     checkpoint: dict | None = None
+    model: nn.Module | None = None  # the rebuilt model of a dcollapse checkpoint (its forward serves the batch view)
