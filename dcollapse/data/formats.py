@@ -441,3 +441,17 @@ def _lookup_table(path: Path, names: list[str]) -> pl.LazyFrame:
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+# Compressed files by their first bytes (the name may say nothing): refused with the command that unpacks them.
+MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd",
+         b"PK\x03\x04": "zip", b"\x04\x22\x4d\x18": "lz4"}  # fmt: skip
+UNPACK = {"gzip": "gunzip -k", "bzip2": "bunzip2 -k", "xz": "unxz -k", "zstd": "unzstd", "zip": "unzip",
+          "lz4": "unlz4"}  # fmt: skip
+
+
+def compression(path: Path) -> str | None:
+    """The compression format of the file at ``path`` by its magic bytes (gzip, bzip2, xz, zstd, zip, lz4), or None."""
+    with path.open("rb") as fh:
+        head = fh.read(6)
+    return next((name for magic, name in MAGIC.items() if head.startswith(magic)), None)

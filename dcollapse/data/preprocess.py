@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -19,7 +18,7 @@ from dcollapse.data import formats
 from dcollapse.data.dataset import FORMAT
 from dcollapse.data.formats import BAD, LINE
 from dcollapse.errors import UserError
-from dcollapse.io import atomic_path
+from dcollapse.io import atomic_path, make_parent, output_lock, recover_replaced, scratch
 
 LABEL = "label"
 
@@ -105,6 +104,7 @@ TRANSFORM_FILE = "transform.json"
 SPLIT = "__split"
 FILE = "__file"
 SPLIT_CODES = {"train": 0, "valid": 1, "test": 2}
+MAX_COUNT = 2**63 - 1  # counts are int64
 
 
 @dataclass
@@ -157,6 +157,7 @@ def preprocess(
     stage = on_stage or (lambda _: None)
     opts = _validated(options)
     out_dir = Path(out_dir)
+    recover_replaced(out_dir)  # a .out.old left by an interrupted --overwrite: restored (no out) or removed
     if out_dir.exists() and not overwrite:
         raise UserError(f"{out_dir}: already exists (pass --overwrite to replace it)")
     paths = _existing(inputs)
@@ -170,9 +171,9 @@ def preprocess(
     names = [name for name, _ in source.fields]
     if transform is not None and names != [f["name"] for f in transform["fields"]]:
         raise UserError(f"{paths[0]}: fields differ from the dataset in --apply {opts.apply}")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    make_parent(out_dir)
     scan = InputScan(source.files, counted=b"\t\r" if opts.format == "criteo" else b"")
-    with scan, tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.", suffix=".work", dir=out_dir.parent) as work:
+    with output_lock(out_dir), scan, scratch(out_dir) as work:  # one writer of out_dir; scratch removed after
         stage("parsing and checking rows")
         rows_file = Path(work) / "rows.parquet"
         codes, per_file, bad = _parse_fast(source, opts, rows_file, scan) or _parse_checked(source, opts, rows_file)
@@ -227,13 +228,14 @@ def preprocess(
                 drop_empty=True,
             ),
             source.files,
+            out_dir,
         )
 
 
 def _parse_checked(source: formats.Source, opts: Options, rows_file: Path) -> tuple[Codes, pl.DataFrame, pl.DataFrame]:
     """Parse with the line readers of :mod:`dcollapse.data.formats`, which check and locate every bad row."""
     codes = Codes(source)
-    return codes, *_run(lambda: _parse(codes.encode(_combine(source, opts)), rows_file), source.files)
+    return codes, *_run(lambda: _parse(codes.encode(_combine(source, opts)), rows_file), source.files, rows_file)
 
 
 def _parse_fast(
@@ -285,8 +287,8 @@ def _validated(options: Options) -> Options:
         raise UserError(f"--bad-rows must be 'error' or 'skip' (got {opts.bad_rows!r})")
     if opts.seed < 0:
         raise UserError(f"--seed must be >= 0 (got {opts.seed})")
-    if opts.min_count < 1:
-        raise UserError(f"--min-count must be >= 1 (got {opts.min_count})")
+    if not 1 <= opts.min_count <= MAX_COUNT:
+        raise UserError(f"--min-count must be in [1, {MAX_COUNT}] (got {opts.min_count})")
     if not (0 <= opts.valid_frac < 1 and 0 <= opts.test_frac < 1 and opts.valid_frac + opts.test_frac < 1):
         raise UserError(f"--valid-frac/--test-frac must be >= 0 with sum < 1 (got {opts.valid_frac}, {opts.test_frac})")
     if opts.numeric_bins != "log" and not (opts.numeric_bins.isdigit() and int(opts.numeric_bins) >= 2):
@@ -307,8 +309,13 @@ def _existing(inputs: list[str | Path]) -> list[Path]:
     for p in paths:
         if not p.exists():
             raise UserError(f"{p}: no such file or directory")
+        if not (p.is_file() or p.is_dir()):
+            raise UserError(f"{p}: not a regular file (a pipe or a device?); preprocess reads its input more than "
+                            "once: save it to a file first")  # fmt: skip
         if p.is_file() and p.stat().st_size == 0:
             raise UserError(f"{p}: empty file (no data rows)")
+        if p.is_file() and (packed := formats.compression(p)):
+            raise UserError(f"{p}: {packed}-compressed; decompress it first (e.g. {formats.UNPACK[packed]} {p})")
     return paths
 
 
@@ -478,12 +485,16 @@ def _build_vocab(names: list[str], counts: list[pl.DataFrame], min_count: int) -
     return pl.concat([empty, *parts], how="vertical")
 
 
-def _run(job: Callable[[], Any], files: list[Path]) -> Any:
-    """Run a Polars ``job``; a Polars error becomes a one-line UserError naming the (first unreadable) input file."""
+def _run(job: Callable[[], Any], files: list[Path], writing: Path | None = None) -> Any:
+    """Run a Polars ``job``; a Polars error becomes a one-line UserError naming the (first unreadable) input file,
+    or ``writing`` when every input reads and the error is the system's (a full disk)."""
     try:
         return job()
     except pl.exceptions.PolarsError as exc:
-        culprit = _unreadable(files) or (files[0] if files else "input")
+        culprit = _unreadable(files)
+        if culprit is None and writing is not None and "(os error" in str(exc):
+            raise UserError(f"{writing}: cannot write ({formats.first_line(exc)})") from None
+        culprit = culprit or (files[0] if files else "input")
         raise UserError(f"{culprit}: cannot read ({formats.first_line(exc)})") from None
 
 
