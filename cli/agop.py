@@ -9,8 +9,10 @@ from typing import Any
 import typer
 
 from dcollapse.cli.common import emit, err, handles_errors, out, print_json
-from dcollapse.cli.report import DataOpt, JsonOpt, fixed_batch, fmt, load_run, model_line, model_summary, report_table
+from dcollapse.cli.options import DataOpt, JsonOpt
+from dcollapse.cli.render import fmt, report_table
 from dcollapse.errors import UserError
+from dcollapse.reports.runs import load_fixed_batch, load_run, model_line, model_summary
 
 SplitOpt = typer.Option("valid", "--split", help="Split the sample rows are drawn from.")
 SeedOpt = typer.Option(0, "--seed", help="Seed of the row sample.")
@@ -33,8 +35,8 @@ def sample_rows(checkpoint_path: Path, data: Path | None, split: str, samples: i
     run = load_run(checkpoint_path, data)
     if run.data is None:
         raise UserError(f"{checkpoint_path}: {run.skipped}")
-    ids, labels = fixed_batch(run.data, split, samples, seed)
-    return run, ids, labels
+    rows = load_fixed_batch(run.data, split, samples, seed)
+    return run, rows.ids, rows.labels
 
 
 # ----------------------------------------------------------------------------------------------- agop
@@ -95,7 +97,7 @@ def agop_command(
     from dcollapse.diagnostics.agop import ctr_agop
 
     if plot is not None:
-        plots.check_png_path(plot)
+        plots.check_plot_path(plot)
     run, ids, _ = sample_rows(checkpoint_path, data, split, samples, seed)
     names = [f["name"] for f in run.ckpt["meta"]["fields"]]
     with err.status(f"AGOP over {len(ids):,} rows"):
@@ -230,7 +232,7 @@ def rfm_command(
     if bandwidth <= 0:
         raise UserError(f"--bandwidth must be > 0, got {bandwidth:g}")
     if plot is not None:
-        plots.check_png_path(plot)
+        plots.check_plot_path(plot)
     x, labels = load_classification_table(dataset, label)
     x, labels = prepare_training_set(x, labels, samples)
     with err.status(f"Deep RFM: {depth} layers on {len(x)} samples"):

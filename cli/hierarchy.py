@@ -275,7 +275,7 @@ def _plot_curve(points: list[CurvePoint], summary: dict[str, Any], path: Path) -
     ax.set_xscale("log")
     ax.set_xlabel("training-set size P")
     ax.legend(fontsize=7)
-    plots.save_png(fig, path, dpi=120)
+    plots.save_figure(fig, path, dpi=120)
 
 
 @hierarchy_app.command("curve")

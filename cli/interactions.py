@@ -225,7 +225,7 @@ def plot_single(doc: dict[str, Any], path: Path) -> None:
     ax.set_xticks(dist["orders"])
     ax.legend(fontsize=8)
     ax.set_title(f"{Path(doc['results'][0]['checkpoint']).name}: interaction strength by order", fontsize=10)
-    plots.save_png(fig, path)
+    plots.save_figure(fig, path)
 
 
 def plot_dynamics(doc: dict[str, Any], path: Path) -> None:
@@ -259,7 +259,7 @@ def plot_dynamics(doc: dict[str, Any], path: Path) -> None:
     bottom.set_xticks(steps, [str(e) for e in epochs])
     bottom.set_xlabel("epoch")
     fig.legend(loc="lower center", ncols=2, fontsize=8, bbox_to_anchor=(0.5, -0.04))
-    plots.save_png(fig, path)
+    plots.save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------- command
@@ -306,7 +306,7 @@ def interactions(
     if sparse and (niter < 1 or lr <= 0 or tau < 0):
         raise UserError("--sparse needs --niter >= 1, --lr > 0 and --tau >= 0")
     if plot is not None:
-        plots.check_png_path(plot)
+        plots.check_plot_path(plot)
     runs = load_checkpoints(checkpoints)
     last = runs[-1]
     directory = dataset_dir(last, data)

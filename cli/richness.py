@@ -10,7 +10,9 @@ import typer
 
 from dcollapse.cli.agop import sample_rows
 from dcollapse.cli.common import emit, handles_errors, out
-from dcollapse.cli.report import DataOpt, JsonOpt, fmt, model_line, model_summary, report_table
+from dcollapse.cli.options import DataOpt, JsonOpt
+from dcollapse.cli.render import fmt, report_table
+from dcollapse.reports.runs import model_line, model_summary
 
 CURVE_POINTS = (1, 2, 3, 5, 10, 20, 50)
 NOTE = (
@@ -120,7 +122,7 @@ def richness_command(
     from dcollapse import plots
 
     if plot is not None:
-        plots.check_png_path(plot)
+        plots.check_plot_path(plot)
     docs = [measure(path, data, split, samples, seed) for path in checkpoints]
     if len(docs) == 1:
         doc = docs[0]

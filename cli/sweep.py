@@ -9,7 +9,8 @@ import typer
 from rich.text import Text
 
 from dcollapse.cli.common import err, handles_errors, out, print_json, progress
-from dcollapse.cli.report import compare, report_table
+from dcollapse.cli.render import report_table
+from dcollapse.cli.report import render_compare
 from dcollapse.cli.train import parse_widths
 from dcollapse.errors import CheckFailed
 
@@ -96,8 +97,9 @@ def sweep_command(
     else:
         finished = [runs_dir / f"{r['name']}.pt" for r in results if r["status"] == "ok"]
         if finished:
-            compare(finished, None, sweep.FIXED_BATCH_SPLIT, sweep.collapse.DEFAULT_BATCH_ROWS,
-                    sweep.collapse.DEFAULT_SEED, False, None)  # fmt: skip
+            from dcollapse import reports
+
+            render_compare(reports.compare_report([reports.load_run(path) for path in finished]).to_dict())
         table = report_table(f"Mean ± std over seeds ({runs_dir})", list(sweep.SUMMARY_COLUMNS), left=2)
         for row in summary["groups"]:
             table.add_row(*sweep.summary_cells(row))

@@ -219,7 +219,7 @@ def test_nc_command_matches_features_computed_directly(runs):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["agop", "{root}/missing.pt"], "no such checkpoint"),
+        (["agop", "{root}/missing.pt"], "no such file"),
         (["agop", "{deepfm}", "--data", "{root}/nowhere"], "not a dcollapse dataset"),
         (["agop", "{deepfm}", "--plot", "{root}/out.txt"], "PNG"),
         (["nc", "{deepfm}", "--split", "test"], "no split 'test'"),

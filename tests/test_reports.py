@@ -15,10 +15,11 @@ from typer.testing import CliRunner
 
 from dcollapse import checkpoint
 from dcollapse.cli.app import app
-from dcollapse.cli.report import add_base_changes, spark
+from dcollapse.cli.render import spark
 from dcollapse.data.dataset import load_split
 from dcollapse.metrics.collapse import embedding_gradients
 from dcollapse.models import load_model
+from dcollapse.reports.compare import add_base_changes
 
 runner = CliRunner()
 
@@ -240,7 +241,8 @@ def test_inline_bar_maps_log_decades_to_blocks():
 def test_base_of_a_seeded_run_is_the_base_with_the_same_seed():
     def row(arch: str, seed: int, rankme: float) -> dict:
         return {"checkpoint": f"{arch}{seed}", "backbone": "fm", "dataset_label": "A", "arch": arch,
-                "seed": seed, "model": {"emb_dim": 8}, "rankme": rankme}  # fmt: skip
+                "seed": seed, "model": {"emb_dim": 8}, "rankme": rankme, "auc": 0.7,
+                "metrics_split": "test"}  # fmt: skip
 
     rows = [row("none", 0, 10.0), row("none", 1, 20.0), row("parallel", 1, 30.0), row("parallel", 0, 30.0)]
     add_base_changes(rows)

@@ -192,4 +192,4 @@ def test_richness_command_bad_input_exits_2(run):
     result = CliRunner().invoke(app, ["richness", str(path), "--plot", str(root / "x.jpg")])
     assert result.exit_code == 2 and "PNG" in result.output
     result = CliRunner().invoke(app, ["richness", str(root / "none.pt")])
-    assert result.exit_code == 2 and "no such checkpoint" in result.output
+    assert result.exit_code == 2 and "no such file" in result.output

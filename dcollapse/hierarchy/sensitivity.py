@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 
 from dcollapse.hierarchy.generator import Grammar, encode, gaussian_like, perturb, sample
 from dcollapse.hierarchy.models import HierarchicalNet, layer_names
-from dcollapse.plots import save_png
+from dcollapse.plots import save_figure
 
 KINDS = ("synonyms", "positions", "gaussian")
 
@@ -107,4 +107,4 @@ def plot_heatmap(result: Sensitivity, path: str | Path, title: str = "") -> None
             ax.text(c, r, f"{value:.2f}", ha="center", va="center", color="w" if value < 0.6 else "k", fontsize=8)
         fig.colorbar(image, ax=ax, fraction=0.046)
     fig.suptitle(title or "sensitivity S_k(l)")
-    save_png(fig, path, dpi=120)
+    save_figure(fig, path, dpi=120)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F_nn
 from torch import nn
 
+from dcollapse.data.dataset import Split
 from dcollapse.metrics import DEFAULT_BATCH_ROWS, DEFAULT_SEED
 from dcollapse.metrics.spectrum import SpectrumStats, field_singular_values, singular_values
 
@@ -94,6 +95,15 @@ def fixed_batch_indices(num_rows: int, size: int = DEFAULT_BATCH_ROWS, seed: int
         return torch.arange(num_rows)
     generator = torch.Generator().manual_seed(seed)
     return torch.randperm(num_rows, generator=generator)[:size].sort().values
+
+
+def fixed_batch(rows: Split, size: int = DEFAULT_BATCH_ROWS, seed: int = DEFAULT_SEED) -> Split:
+    """The fixed evaluation batch of a split: the rows at :func:`fixed_batch_indices` (ids [B, F], labels [B]).
+
+    Training's per-epoch snapshot and every report draw their batch here, so they measure the same rows.
+    """
+    index = fixed_batch_indices(len(rows), size, seed).to(rows.ids.device)
+    return Split(rows.ids[index], rows.labels[index])
 
 
 @torch.no_grad()
