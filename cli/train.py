@@ -6,11 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from dcollapse import io
 from dcollapse.cli.common import check_dataset, err, handles_errors, out, print_json, progress
-from dcollapse.cli.launch import records_rank_failures, relaunch
+from dcollapse.cli.launch import hold_output, records_rank_failures, relaunch
 from dcollapse.errors import UserError
 
 RESUMABLE = ("epochs", "patience", "device")  # what may change when a run is resumed
@@ -134,6 +135,7 @@ def train_command(
         out_path = out_path or resume
     if data_dir is None or out_path is None:
         raise UserError("give DATA_DIR and --out (or --resume run.pt)")
+    hold_output(ctx, out_path)  # one run writes a checkpoint at a time; an unwritable place fails before training
     continues = resume is not None and out_path.resolve() == resume.resolve()
     if out_path.is_file() and not (overwrite or continues):
         raise UserError(f"{out_path}: already exists (pass --overwrite to replace it, or --resume to continue it)")
@@ -174,7 +176,7 @@ def train_command(
             err.print(f"interrupted: {kept}")
             raise typer.Exit(130) from None
 
-    table = Table(title=f"{out_path}")
+    table = Table(title=escape(str(out_path)))
     for column in ("model", "arch", "best epoch", "valid AUC", "test AUC", "test logloss"):
         table.add_column(column)
     best = result["history"][result["best_epoch"] - 1]
@@ -220,7 +222,7 @@ def eval_command(
     if as_json:
         print_json(result)
         return
-    table = Table(title=f"{run} on {split}")
+    table = Table(title=escape(f"{run} on {split}"))
     for column in ("rows", "AUC", "logloss"):
         table.add_column(column, justify="right")
     table.add_row(f"{result['rows']:,}", f"{result['auc']:.4f}", f"{result['logloss']:.4f}")
