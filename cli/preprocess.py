@@ -20,21 +20,42 @@ def register(app: typer.Typer) -> None:
 def preprocess_command(
     inputs: list[Path] = typer.Argument(..., metavar="INPUT...", help="Input file(s), or the MovieLens-100K folder."),
     fmt: str | None = typer.Option(
-        None, "--format", "-f", help=f"Input format: {', '.join(FORMATS)} (taken from the dataset with --apply)."
+        None,
+        "--format",
+        "-f",
+        help=f"Input format: {', '.join(FORMATS)}. Default: guessed from the name or first line (.csv, .tsv, "
+        ".parquet, a MovieLens folder, Criteo/Avazu/libFM lines), taken from the dataset with --apply.",
     ),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Output dataset directory (must not exist)."),
-    label: str | None = typer.Option(None, "--label", help="csv/parquet: label column (values 0/1; default 'label')."),
+    label: str | None = typer.Option(
+        None, "--label", help="csv/parquet: label column (0/1, -1/1 or true/false; default 'label')."
+    ),
+    positive: str | None = typer.Option(
+        None, "--positive", help="csv/parquet: the label value that means positive (e.g. '>50K'); others are 0."
+    ),
     categorical: list[str] = typer.Option(
-        [], "--categorical", help="csv/parquet: categorical columns (comma-separated or repeated)."
+        [],
+        "--categorical",
+        help="csv/parquet: columns read as categorical (comma-separated or repeated). Every column not given a "
+        "role is used too: integers and strings categorical, floats numeric.",
     ),
     numeric: list[str] = typer.Option(
-        [], "--numeric", help="csv/parquet: numeric columns (comma-separated or repeated)."
+        [], "--numeric", help="csv/parquet: columns read as numeric and binned (comma-separated or repeated)."
+    ),
+    drop: list[str] = typer.Option([], "--drop", help="csv/parquet: columns to leave out (comma-separated)."),
+    columns: list[str] = typer.Option(
+        [], "--columns", help="csv: column names of inputs without a header line (comma-separated)."
     ),
     numeric_bins: str = typer.Option(
         "log", "--numeric-bins", help="Numeric binning: 'log' (v > 2 -> int(ln(v)^2)) or N quantile bins."
     ),
     separator: str = typer.Option(",", "--separator", help="csv: column separator."),
-    no_header: bool = typer.Option(False, "--no-header", help="avazu: the file has no header line."),
+    no_header: bool = typer.Option(
+        False,
+        "--no-header",
+        help="csv/avazu: no input has a header line (default: per input, a first line that looks like data is "
+        "read as data).",
+    ),
     min_count: int = typer.Option(1, "--min-count", help="Values seen fewer times in train map to the OOV id 0."),
     valid_frac: float = typer.Option(0.1, "--valid-frac", help="Fraction of rows for the validation split."),
     test_frac: float = typer.Option(0.1, "--test-frac", help="Fraction of rows for the test split."),
@@ -58,6 +79,9 @@ def preprocess_command(
         label=label,
         categorical=list(categorical),
         numeric=list(numeric),
+        drop=list(drop),
+        positive=positive,
+        columns=list(columns),
         numeric_bins=numeric_bins,
         separator=separator,
         header=not no_header,
@@ -83,10 +107,13 @@ def preprocess_command(
         print_json(meta)
     else:
         out.print(summary_table(meta, out_dir))
+        for note in meta.get("notes", []):
+            out.print(f"note: {note}", highlight=False, soft_wrap=True)
 
 
 def summary_table(meta: dict[str, Any], out_dir: Path) -> Table:
-    """Rows and positive rate per split, then every field's kind and vocabulary size."""
+    """Rows and positive rate per split, then every field's kind and vocabulary size, and (csv/parquet) how every
+    input column was used and why."""
     table = Table(title=f"dataset {out_dir}", show_lines=False)
     table.add_column("item")
     table.add_column("kind / rows", justify="right")
@@ -96,6 +123,11 @@ def summary_table(meta: dict[str, Any], out_dir: Path) -> Table:
         table.add_row(f"split {name}", f"{split['rows']:,}", f"{rate:.4f}")
     if meta.get("skipped_rows"):
         table.add_row("skipped rows", f"{meta['skipped_rows']:,}", "")
+    why = {c["name"]: c["why"] for c in meta.get("columns", [])}
     for f in meta["fields"]:
-        table.add_row(f"field {f['name']}", f["kind"], f"{f['vocab_size']:,}")
+        kind = f"{f['kind']} ({why[f['name']]})" if f["name"] in why else f["kind"]
+        table.add_row(f"field {f['name']}", kind, f"{f['vocab_size']:,}")
+    for c in meta.get("columns", []):
+        if c["kind"] in ("label", None):
+            table.add_row(f"column {c['name']}", "label" if c["kind"] else "dropped", c["why"])
     return table

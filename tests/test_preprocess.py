@@ -153,7 +153,7 @@ def test_csv_numeric_quantile_bins_and_roles(tmp_path):
     rows = [f"{i % 2};{i};k{i % 3};ignored" for i in range(1, 101)]
     src = write_lines(tmp_path / "d.csv", ["y;amount;kind;note", *rows])
     meta = run(
-        [src], tmp_path / "out", format="csv", label="y", categorical=["kind"], numeric=["amount"],
+        [src], tmp_path / "out", format="csv", label="y", categorical=["kind"], numeric=["amount"], drop=["note"],
         numeric_bins="4", separator=";", **ALL_TRAIN,
     )  # fmt: skip
     assert [(f["name"], f["kind"]) for f in meta["fields"]] == [("kind", "categorical"), ("amount", "numeric")]
@@ -161,8 +161,10 @@ def test_csv_numeric_quantile_bins_and_roles(tmp_path):
     counts = np.bincount(amount)[2:]
     assert len(counts) == 4 and counts.min() >= 20  # 4 quantile bins of 1..100, about 25 each
     assert (np.diff(amount) >= 0).sum() >= 96  # bins are monotone in the value (ids differ only by rank order)
-    log = run([src], tmp_path / "log", format="csv", label="y", numeric=["amount"], separator=";", **ALL_TRAIN)
-    assert log["fields"][0]["vocab_size"] == 2 + len({int(math.log(v) ** 2) if v > 2 else v for v in range(1, 101)})
+    log = run([src], tmp_path / "log", format="csv", label="y", numeric=["amount"], drop=["note"], separator=";",
+              **ALL_TRAIN)  # fmt: skip
+    assert [f["name"] for f in log["fields"]] == ["kind", "amount"]  # kind, not given a role, inferred categorical
+    assert log["fields"][-1]["vocab_size"] == 2 + len({int(math.log(v) ** 2) if v > 2 else v for v in range(1, 101)})
 
 
 def test_parquet_input(tmp_path):
@@ -595,3 +597,183 @@ def test_parquet_floats_beyond_int64_nan_and_inf_are_values_not_missing(tmp_path
     assert set(vocab_of(tmp_path / "out", "x")) == {str(float(math.floor(math.log(1e20) ** 2))), "inf", "NaN", "2.0"}
     df = frame(tmp_path / "out")
     assert (df.head(4).select("c", "x") >= 2).to_numpy().all() and df["c"][4] == df["x"][4] == 1
+
+
+# ------------------------------------------------------------------------------------------- tables of any shape
+
+
+def kinds(meta: dict) -> dict[str, str]:
+    return {f["name"]: f["kind"] for f in meta["fields"]}
+
+
+def roles(meta: dict) -> dict[str, tuple[str | None, str]]:
+    return {c["name"]: (c["kind"], c["why"]) for c in meta["columns"]}
+
+
+TABLE = ["label,city,age,price,id", "1,Oslo,31,2.50,1", "0,Rome,45,10,2", "1,Oslo,31,,3", "0,Pisa,22,0.75,4"]
+
+
+def test_csv_default_uses_every_column_by_kind_and_says_which_and_why(tmp_path):
+    src = write_lines(tmp_path / "t.csv", TABLE)
+    meta = run([src], tmp_path / "out", format="csv", drop=["id"], **ALL_TRAIN)
+    assert kinds(meta) == {"city": "categorical", "age": "categorical", "price": "numeric"}
+    assert [f["name"] for f in meta["fields"]] == ["city", "age", "price"]  # categorical first, then numeric
+    r = roles(meta)
+    assert r["id"] == (None, "--drop") and r["label"][0] == "label"
+    assert r["city"][1].startswith("strings") and r["age"][1].startswith("integers")
+    assert r["price"][1].startswith("floats")
+    assert load_meta(tmp_path / "out")["columns"] == meta["columns"]  # kept in meta.json
+    # Only --numeric given: the other columns are still used (they were dropped without a word before).
+    only = run([src], tmp_path / "only", format="csv", numeric=["age"], **ALL_TRAIN)
+    assert kinds(only) == {"city": "categorical", "id": "categorical", "age": "numeric", "price": "numeric"}
+    assert roles(only)["age"] == ("numeric", "--numeric")
+    result = cli(str(src), "--format", "csv", "--drop", "id", "--out", str(tmp_path / "cli"))
+    assert result.exit_code == 0, result.output
+    assert "column id" in result.stdout and "dropped" in result.stdout and "floats" in result.stdout
+
+
+def test_an_inferred_numeric_column_with_text_later_names_the_override(tmp_path):
+    rows = ["label,x", *[f"{i % 2},{i}.5" for i in range(1200)], "1,n/a"]
+    src = write_lines(tmp_path / "t.csv", rows)
+    with pytest.raises(UserError, match=r"line 1202: x: not a number: 'n/a' \(read as numeric .* --categorical x"):
+        run([src], tmp_path / "out", format="csv", **ALL_TRAIN)
+    meta = run([src], tmp_path / "out", format="csv", categorical=["x"], **ALL_TRAIN)
+    assert kinds(meta) == {"x": "categorical"} and meta["fields"][0]["vocab_size"] == 2 + 1201
+
+
+def test_parquet_kinds_from_types_and_unsupported_types_dropped_with_reason(tmp_path):
+    import datetime as dt
+
+    src = tmp_path / "t.parquet"
+    pl.DataFrame({
+        "y": [True, False, True], "n": [1, 2, 2], "s": ["a", None, "b"], "f": [0.5, 3.0, None],
+        "when": [dt.date(2020, 1, k) for k in (1, 2, 3)],
+    }).write_parquet(src)  # fmt: skip
+    meta = run([src], tmp_path / "out", format="parquet", label="y", **ALL_TRAIN)
+    assert kinds(meta) == {"n": "categorical", "s": "categorical", "f": "numeric"}
+    assert roles(meta)["when"][0] is None and "--categorical" in roles(meta)["when"][1]
+    assert frame(tmp_path / "out")["label"].to_list() == [1, 0, 1]
+    run([src], tmp_path / "dated", format="parquet", label="y", categorical=["when"], **ALL_TRAIN)
+    assert set(vocab_of(tmp_path / "dated", "when")) == {"2020-01-01", "2020-01-02", "2020-01-03"}
+
+
+@pytest.mark.parametrize(
+    ("values", "positive", "expected"),
+    [
+        (["-1", "1", "1", "-1"], None, [0, 1, 1, 0]),
+        (["true", "False", "TRUE", "false"], None, [1, 0, 1, 0]),
+        (["1.0", "0.0", "1", "0"], None, [1, 0, 1, 0]),
+        ([">50K", "<=50K", ">50K", "<=50K"], ">50K", [1, 0, 1, 0]),
+        (["yes", "no", "no", "maybe"], "yes", [1, 0, 0, 0]),
+    ],
+)
+def test_labels_beyond_0_1(tmp_path, values, positive, expected):
+    src = write_lines(tmp_path / "t.csv", ["a,income", *[f"x{k},{v}" for k, v in enumerate(values)]])
+    meta = run([src], tmp_path / "out", format="csv", label="income", positive=positive, **ALL_TRAIN)
+    assert frame(tmp_path / "out")["label"].to_list() == expected
+    assert meta["splits"]["train"]["positives"] == sum(expected)
+
+
+@pytest.mark.parametrize(
+    ("values", "args", "message"),
+    [
+        (["yes", "no", "yes"], [], "label column 'y' must be 0/1, -1/1 or true/false, but its first rows hold 'no', "
+         "'yes': pass --positive VALUE"),
+        (["-1", "0", "1"], [], "its first rows hold '-1', '0': pass"),  # -1 with 0 is ambiguous
+        (["yes", "no"], ["--positive", "Yes"], "--positive 'Yes' is no value of the label column 'y' (it holds 'no', "
+         "'yes')"),
+        (["-1", "1", "0"], [], "line 4: label column 'y' must be -1 or 1 (as in its first rows), got '0'"),
+    ],
+)  # fmt: skip
+def test_unreadable_labels_are_one_line_errors_listing_the_values(tmp_path, monkeypatch, values, args, message):
+    import dcollapse.data.formats as formats
+
+    monkeypatch.setattr(formats, "SAMPLE_ROWS", 2)  # the last case: the 0 comes after the rows the rule is read from
+    src = write_lines(tmp_path / "t.csv", ["a,y", *[f"x,{v}" for v in values]])
+    result = cli(str(src), "--label", "y", *args, "--out", str(tmp_path / "out"))
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_header_handling_is_per_input(tmp_path):
+    header, body = TABLE[0], TABLE[1:]
+    a, b = write_lines(tmp_path / "a.csv", [header, *body[:2]]), write_lines(tmp_path / "b.csv", [header, *body[2:]])
+    both = run([a, b], tmp_path / "both", format="csv", **ALL_TRAIN)
+    bare = run([tmp_path / "a.csv", write_lines(tmp_path / "c.csv", body[2:])], tmp_path / "bare", format="csv",
+               **ALL_TRAIN)  # fmt: skip
+    assert frame(tmp_path / "bare").equals(frame(tmp_path / "both")) and bare["fields"] == both["fields"]
+    assert any("c.csv: no header line" in n for n in bare["notes"])
+    # Header-less file first: the header comes from the other input.
+    swapped = run([tmp_path / "c.csv", tmp_path / "a.csv"], tmp_path / "swapped", format="csv", **ALL_TRAIN)
+    assert swapped["splits"]["train"]["rows"] == 4
+    # No input with a header: name the columns, or --no-header for col1..colN.
+    with pytest.raises(UserError, match=r"c.csv, line 1 looks like data, not a header \(1, Oslo, 31, , 3\).*--columns"):
+        run([tmp_path / "c.csv"], tmp_path / "x", format="csv", **ALL_TRAIN)
+    named = run([tmp_path / "c.csv"], tmp_path / "named", format="csv", columns=["label,city,age,price,id"],
+                **ALL_TRAIN)  # fmt: skip
+    assert named["splits"]["train"]["rows"] == 2 and "city" in kinds(named)
+    plain = run([tmp_path / "c.csv"], tmp_path / "plain", format="csv", header=False, label="col1", **ALL_TRAIN)
+    assert list(kinds(plain)) == ["col2", "col3", "col5", "col4"]
+    other = write_lines(tmp_path / "o.csv", ["label,town,age,price,id", *body])
+    with pytest.raises(UserError, match="o.csv, line 1: header differs from .*a.csv"):
+        run([tmp_path / "a.csv", other], tmp_path / "y", format="csv", **ALL_TRAIN)
+
+
+def test_avazu_header_is_detected_per_input(tmp_path):
+    header = ",".join(formats_module().AVAZU_COLUMNS)
+    body = ["1,0,14102100," + ",".join(["x"] * 21), "2,1,14102623," + ",".join(["y"] * 21)]
+    meta = run([write_lines(tmp_path / "a.csv", [header, body[0]]), write_lines(tmp_path / "b.csv", body[1:])],
+               tmp_path / "out", format="avazu", **ALL_TRAIN)  # fmt: skip
+    assert frame(tmp_path / "out")["label"].to_list() == [0, 1] and any("b.csv: no header" in n for n in meta["notes"])
+
+
+def formats_module():
+    import dcollapse.data.formats as formats
+
+    return formats
+
+
+def test_format_is_guessed_when_unambiguous(tmp_path):
+    criteo = write_lines(tmp_path / "day.txt", [criteo_row("1", ["3"], ["a"]), criteo_row("0", ["4"], ["b"])])
+    assert run([criteo], tmp_path / "c", **ALL_TRAIN)["options"]["format"] == "criteo"
+    src = tmp_path / "t.parquet"
+    pl.DataFrame({"label": [0, 1], "a": ["x", "y"]}).write_parquet(src)
+    meta = run([src], tmp_path / "p", **ALL_TRAIN)
+    assert meta["options"]["format"] == "parquet" and "format: parquet (from the .parquet extension" in meta["notes"][0]
+    tsv = write_lines(tmp_path / "t.tsv", ["label\tcity", "1\tOslo", "0\tRome"])
+    meta = run([tsv], tmp_path / "t", **ALL_TRAIN)
+    assert meta["options"]["separator"] == "\t" and kinds(meta) == {"city": "categorical"}
+    libfm = write_lines(tmp_path / "d.txt", ["1 3:1 10:1", "-1 4:1 11:1"])
+    assert run([libfm], tmp_path / "l", **ALL_TRAIN)["options"]["format"] == "libfm"
+
+
+@pytest.mark.parametrize(
+    ("name", "lines", "args", "message"),
+    [
+        ("t.dat", ["label,a", "1,x"], [], "t.dat: cannot tell the input format: pass --format (one of criteo, avazu, "
+         "csv, parquet, libfm, movielens)"),
+        ("t.csv", ["label\tcity", "1\tOslo"], [], "missing column 'label' (have: label\\tcity); the first line is one "
+         "column with $'\\t' in it: pass --separator $'\\t' or --format criteo for Criteo files"),
+        ("t.csv", ["label,a", "1,x"], ["--drop", "b"], "t.csv: missing column 'b'"),
+        ("t.csv", ["label,a", "1,x"], ["--drop", "a"], "no feature columns besides the label"),
+        ("t.csv", ["label,a", "1,x"], ["--drop", "a", "--categorical", "a"], "column(s) a, label given more than one"),
+        ("t.txt", [criteo_row()], ["--format", "criteo", "--positive", "1"], "--positive is for csv/parquet input"),
+    ],
+)  # fmt: skip
+def test_format_and_column_errors_say_what_to_pass(tmp_path, name, lines, args, message):
+    src = write_lines(tmp_path / name, lines)
+    result = cli(str(src), *args, "--out", str(tmp_path / "out"))
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_apply_reads_columns_as_the_training_dataset_did(tmp_path):
+    train = write_lines(tmp_path / "train.csv", ["y,c,x", "yes,a,0.5", "no,b,2.0", "yes,a,1.5"])
+    base = run([train], tmp_path / "base", format="csv", label="y", positive="yes", **ALL_TRAIN)
+    # The new file's first rows look different (x all integers, an extra column): the training kinds still hold.
+    new = write_lines(tmp_path / "new.csv", ["y,c,x,extra", "no,a,2,q", "yes,b,1,r"])
+    applied = preprocess([str(new)], tmp_path / "applied", Options(apply=str(tmp_path / "base")))
+    assert applied["fields"] == base["fields"] and roles(applied)["extra"][0] is None
+    got = frame(tmp_path / "applied", "test")
+    assert got["label"].to_list() == [0, 1] and got["x"][0] == frame(tmp_path / "base")["x"][1]  # 2 is 2.0

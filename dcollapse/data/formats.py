@@ -20,8 +20,9 @@ columns straight into ``pl.Categorical``); the caller falls back to :func:`read`
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +43,22 @@ AVAZU_COLUMNS = (
     "device_ip,device_model,device_type,device_conn_type,C14,C15,C16,C17,C18,C19,C20,C21"
 ).split(",")
 MOVIELENS_GENRES = 19
+FORMATS = ("criteo", "avazu", "csv", "parquet", "libfm", "movielens")
 
 
 Check = tuple[pl.Expr, pl.Expr]  # (condition that marks a bad row, message expression for that row)
+
+SAMPLE_ROWS = 1000  # csv/parquet: column kinds and the label's spelling are read from this many first rows
+LABEL_RULES = {"01": "0 or 1", "pm1": "-1 or 1", "bool": "true or false"}  # (--positive: "positive")
+
+
+@dataclass
+class Column:
+    """How one csv/parquet input column was used: ``kind`` categorical | numeric | label, or None (dropped)."""
+
+    name: str
+    kind: str | None
+    why: str
 
 
 @dataclass
@@ -60,6 +74,9 @@ class Source:
     files: list[Path]
     raw: list[pl.LazyFrame]
     messages: list[list[pl.Expr]]
+    columns: list[Column] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    label_rule: str = "01"
 
     def explain(self, file: int, line: int, code: int) -> str:
         """The problem with row ``line`` of file ``file`` whose first failing check is ``code``."""
@@ -67,8 +84,45 @@ class Source:
         return str(row["m"][0]) if row.height else "malformed row"
 
 
+def guess_format(paths: list[Path]) -> tuple[str, str | None, str]:
+    """(format, separator or None, why) for inputs given without ``--format``: from the first input's name or first
+    line where that is unambiguous; else a one-line error listing the formats."""
+    first = paths[0]
+    if first.is_dir():
+        if (first / "u.data").is_file():
+            return "movielens", None, "a folder with u.data"
+    else:
+        suffixes = {Path(p.name.lower().removesuffix(".gz").removesuffix(".zst")).suffix for p in paths}
+        if suffixes == {".parquet"}:
+            return "parquet", None, "the .parquet extension"
+        line = _peek(first)
+        if len(line.split("\t")) == 40 and line.split("\t")[0] in ("0", "1"):
+            return "criteo", None, "40 tab-separated columns, the first 0 or 1"
+        if line.startswith("id,click,hour,"):
+            return "avazu", None, "the Avazu header id,click,hour,..."
+        tokens = line.split()
+        if len(tokens) > 1 and all(re.fullmatch(r"\d+:[-+0-9.eE]+", t) for t in tokens[1:]):
+            return "libfm", None, "'label idx:val ...' lines"
+        if suffixes == {".csv"}:
+            return "csv", None, "the .csv extension"
+        if suffixes == {".tsv"}:
+            return "csv", "\t", "the .tsv extension (tab-separated)"
+    raise UserError(f"{first}: cannot tell the input format: pass --format (one of {', '.join(FORMATS)})")
+
+
+def _peek(path: Path) -> str:
+    """The first line of ``path`` (at most 64 KiB of it) as text, undecodable bytes replaced; "" if unreadable."""
+    try:
+        with path.open("rb") as fh:
+            return fh.readline(1 << 16).decode("utf-8-sig", errors="replace").rstrip("\r\n")
+    except OSError:
+        return ""
+
+
 def read(fmt: str, paths: list[Path], opts: dict[str, Any]) -> Source:
-    """Parse ``paths`` in format ``fmt``; ``opts``: label, categorical, numeric, separator, header."""
+    """Parse ``paths`` in format ``fmt``; ``opts``: the :class:`~dcollapse.data.preprocess.Options` as a dict (label,
+    categorical, numeric, drop, positive, columns, separator, header), plus ``fields`` ({name: kind}) and
+    ``label_rule`` when the columns must be read as in an existing dataset (--apply)."""
     if fmt == "movielens":
         if len(paths) != 1 or not paths[0].is_dir():
             raise UserError(
@@ -132,9 +186,9 @@ def _label_01(raw: str) -> tuple[pl.Expr, Check]:
     return pl.when(ok).then(col.cast(pl.Int8, strict=False)).alias(LABEL), (~ok, msg)
 
 
-def _numbers(names: list[str]) -> tuple[list[pl.Expr], list[Check]]:
+def _numbers(names: list[str], hints: Mapping[str, str] | None = None) -> tuple[list[pl.Expr], list[Check]]:
     """(Float64 values, checks) for String columns that must be numeric when present (a blank value is
-    missing, as in Polars' CSV reader)."""
+    missing, as in Polars' CSV reader); ``hints`` adds a note per name to its message."""
     values, checks = [], []
     for name in names:
         col = pl.col(name)
@@ -142,12 +196,12 @@ def _numbers(names: list[str]) -> tuple[list[pl.Expr], list[Check]]:
         num = text.cast(pl.Float64, strict=False)
         values.append(num.alias(name))
         bad = col.is_not_null() & (text != "") & num.is_null()
-        checks.append((bad, pl.format(f"{name}: not a number: '{{}}'", col)))
+        checks.append((bad, pl.format(f"{name}: not a number: '{{}}'{(hints or {}).get(name, '')}", col)))
     return values, checks
 
 
-def _header(path: Path, sep: str) -> list[str]:
-    """Column names from the first line of ``path``."""
+def _first_line(path: Path, sep: str) -> list[str]:
+    """The first line of ``path`` split on ``sep`` (values stripped of blanks and surrounding double quotes)."""
     try:
         with path.open("rb") as fh:
             first = fh.readline()
@@ -158,28 +212,212 @@ def _header(path: Path, sep: str) -> list[str]:
     try:
         text = first.decode("utf-8-sig").rstrip("\r\n")
     except UnicodeDecodeError:
-        raise UserError(f"{path}, line 1: header is not valid UTF-8 text") from None
-    names = [c.strip().strip('"') for c in text.split(sep)]
+        raise UserError(f"{path}, line 1: not valid UTF-8 text") from None
+    return [c.strip().strip('"') for c in text.split(sep)]
+
+
+def _valid_names(path: Path | str, names: list[str]) -> list[str]:
     if len(set(names)) != len(names) or "" in names:
         raise UserError(f"{path}, line 1: header has empty or duplicate column names")
     return names
 
 
-def _select_columns(path: Path, header: list[str], label: str, opts: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """Validate the requested columns against ``header``; default: every non-label column is categorical."""
+def _header(path: Path, sep: str) -> list[str]:
+    """Column names from the first line of ``path``."""
+    return _valid_names(path, _first_line(path, sep))
+
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _data_like(first: list[str], header: list[str] | None, label: str) -> bool:
+    """Whether a first line looks like a data row rather than a header: it lacks the label column and has a number
+    among its values, or has as many values as the known ``header``."""
+    if label in first:
+        return False
+    return any(_NUMBER.fullmatch(v) for v in first) or (header is not None and len(first) == len(header))
+
+
+def _show(names: list[str], most: int = 8) -> str:
+    """A short listing of column names or values for a message (long names cut, at most ``most`` shown)."""
+    cut = [(n if len(n) <= 30 else n[:27] + "...").replace("\t", "\\t") for n in names[:most]]
+    return ", ".join(cut) + (f", ... ({len(names)} in all)" if len(names) > most else "")
+
+
+def _separator_hint(names: list[str], sep: str) -> str:
+    """A hint when a header read with ``sep`` is one column that holds another common separator."""
+    if len(names) != 1:
+        return ""
+    for other, spelling in (("\t", "$'\\t'"), (";", "';'"), ("|", "'|'"), (",", "','")):
+        if other != sep and other in names[0]:
+            extra = " or --format criteo for Criteo files" if other == "\t" else ""
+            return f"; the first line is one column with {spelling} in it: pass --separator {spelling}{extra}"
+    return ""
+
+
+def _csv_header(
+    paths: list[Path], sep: str, label: str, opts: dict[str, Any]
+) -> tuple[list[str], list[bool], list[str]]:
+    """(column names, per file whether its first line is the header, notes) for csv inputs.
+
+    Header handling is per input: a file whose first line is the header is read after it, one whose first line looks
+    like data is read from line 1 with the same columns. The names come from ``--columns``, else from the first
+    file with a header line; ``--no-header``: no file has one (names from ``--columns``, else col1..colN).
+    """
+    firsts = [_first_line(p, sep) for p in paths]
+    given = list(opts.get("columns") or [])
+    if given:
+        _valid_names("--columns", given)
+    if not opts.get("header", True):
+        return given or [f"col{k}" for k in range(1, len(firsts[0]) + 1)], [False] * len(paths), []
+    source = "--columns" if given else None
+    header = given or None
+    for path, first in zip(paths, firsts, strict=True):
+        if header is None and not _data_like(first, None, label):
+            header, source = _valid_names(path, first), str(path)
+    if header is None:
+        raise UserError(
+            f"{paths[0]}, line 1 looks like data, not a header ({_show(firsts[0])}): name the columns with "
+            "--columns NAME,NAME,... (or pass --no-header for col1..colN)"
+        )
+    has_header, notes = [], []
+    for path, first in zip(paths, firsts, strict=True):
+        if first == header:
+            has_header.append(True)
+        elif _data_like(first, header, label):
+            has_header.append(False)
+            notes.append(f"{path}: no header line (line 1 is data), read with the columns of {source}")
+        else:
+            hint = _separator_hint(first, sep)
+            raise UserError(f"{path}, line 1: header differs from {source} (have: {_show(first)}){hint}")
+    return header, has_header, notes
+
+
+def _infer_text(sample: pl.DataFrame, names: list[str]) -> dict[str, tuple[str, str]]:
+    """Kind of each text column from its values in ``sample``: every value a number and some not an integer ->
+    numeric; otherwise categorical (integers, strings)."""
+    kinds = {}
+    rows = f"the first {sample.height:,} rows"
+    for name in names:
+        values = sample[name].drop_nulls().str.strip_chars()
+        values = values.filter(values != "")
+        if values.len() == 0:
+            kinds[name] = (CATEGORICAL, f"no values in {rows}")
+        elif values.cast(pl.Float64, strict=False).null_count():
+            kinds[name] = (CATEGORICAL, f"strings in {rows}")
+        elif values.str.contains(r"^[+-]?\d+$").all():
+            kinds[name] = (CATEGORICAL, f"integers in {rows}")
+        else:
+            kinds[name] = (NUMERIC, f"floats in {rows}")
+    return kinds
+
+
+def _infer_dtype(dtype: pl.DataType) -> tuple[str | None, str]:
+    """Kind of a Parquet column from its type: floats numeric; integers, strings, booleans categorical."""
+    if dtype.is_float() or dtype.is_decimal():
+        return NUMERIC, f"type {dtype}"
+    if dtype.is_integer() or dtype in (pl.String, pl.Boolean) or isinstance(dtype, pl.Categorical | pl.Enum):
+        return CATEGORICAL, f"type {dtype}"
+    return None, f"type {dtype} is not read by default (--categorical NAME reads its text)"
+
+
+def _plan(
+    path: Path, header: list[str], label: str, opts: dict[str, Any], inferred: Mapping[str, tuple[str | None, str]]
+) -> list[Column]:
+    """The role of every column: the label; ``--drop``; ``--categorical`` / ``--numeric`` as given; every other
+    column as ``inferred``. With ``opts["fields"]`` ({name: kind}, from --apply) exactly those fields."""
     categorical, numeric = list(opts.get("categorical") or []), list(opts.get("numeric") or [])
-    for col in [label, *categorical, *numeric]:
+    drop, exact = list(opts.get("drop") or []), opts.get("fields")
+    sep = opts.get("separator") or ","
+    for col in [label, *categorical, *numeric, *drop, *(exact or {})]:
         if col not in header:
-            raise UserError(f"{path}: missing column '{col}' (have: {', '.join(header)})")
-    if not categorical and not numeric:
-        categorical = [c for c in header if c != label]
-    overlap = (set(categorical) & set(numeric)) | ({label} & (set(categorical) | set(numeric)))
-    if overlap:
-        raise UserError(f"{path}: column(s) {', '.join(sorted(overlap))} given more than one role")
-    if not categorical and not numeric:
-        raise UserError(f"{path}: no feature columns besides the label '{label}'")
+            raise UserError(f"{path}: missing column '{col}' (have: {_show(header)}){_separator_hint(header, sep)}")
+    overlap = {c for c in [*categorical, *numeric, *drop] if [*categorical, *numeric, *drop].count(c) > 1}
+    if overlap or label in [*categorical, *numeric, *drop]:
+        raise UserError(f"{path}: column(s) {', '.join(sorted(overlap | {label}))} given more than one role")
     _check_field_names(path, [*categorical, *numeric])
-    return categorical, numeric
+    columns = []
+    for name in header:
+        if name == label:
+            columns.append(Column(name, "label", "--label" if opts.get("label") else "the default label column"))
+        elif exact is not None:
+            kind = exact.get(name)
+            columns.append(Column(name, kind, "as in the --apply dataset" if kind else "not in the --apply dataset"))
+        elif name in drop:
+            columns.append(Column(name, None, "--drop"))
+        elif name in categorical or name in numeric:
+            kind = CATEGORICAL if name in categorical else NUMERIC
+            columns.append(Column(name, kind, f"--{kind}"))
+        elif name == LABEL or name.startswith("__"):
+            columns.append(Column(name, None, "reserved name"))
+        else:
+            columns.append(Column(name, *inferred[name]))
+    if not any(c.kind in (CATEGORICAL, NUMERIC) for c in columns):
+        raise UserError(f"{path}: no feature columns besides the label '{label}'")
+    return columns
+
+
+def _kinds(columns: list[Column]) -> tuple[list[str], list[str]]:
+    """(categorical, numeric) field names in column order."""
+    return [c.name for c in columns if c.kind == CATEGORICAL], [c.name for c in columns if c.kind == NUMERIC]
+
+
+def _label_rule(path: Path, label: str, values: pl.Series, positive: str | None) -> str:
+    """How the label column's text reads as 0/1, from its ``values`` in the first rows: "positive" (``--positive``),
+    "01", "pm1" (-1 = 0) or "bool"; a one-line error listing the values when none fits."""
+    if positive is not None:
+        return "positive"
+    distinct = values.drop_nulls().str.strip_chars().unique().sort()
+    distinct = distinct.filter(distinct != "")
+    numbers = distinct.cast(pl.Float64, strict=False)
+    if not numbers.null_count():
+        seen = set(numbers.to_list())
+        for rule, allowed in (("01", {0.0, 1.0}), ("pm1", {-1.0, 1.0})):
+            if seen <= allowed:
+                return rule
+    elif set(distinct.str.to_lowercase().to_list()) <= {"true", "false"}:
+        return "bool"
+    shown = _show([f"'{v}'" for v in distinct.to_list()])
+    raise UserError(
+        f"{path}: label column '{label}' must be 0/1, -1/1 or true/false, but its first rows hold {shown}: "
+        "pass --positive VALUE (the value that means positive)"
+    )
+
+
+def _label(label: str, rule: str, positive: str | None) -> tuple[pl.Expr, Check]:
+    """(Int8 label, check) for the String label column ``label`` read by ``rule`` (see :func:`_label_rule`)."""
+    raw = pl.col(label)
+    text = raw.str.strip_chars()
+    if rule == "positive":
+        ok, value = raw.is_not_null(), (text == positive)
+    elif rule == "bool":
+        ok, value = text.str.to_lowercase().is_in(["true", "false"]), text.str.to_lowercase() == "true"
+    else:
+        number = text.cast(pl.Float64, strict=False)
+        ok, value = number.is_in([0.0, 1.0] if rule == "01" else [-1.0, 1.0]), number > 0
+    expected = f"label column '{label}' must be {LABEL_RULES.get(rule)} (as in its first rows), got '{{}}'"
+    msg = pl.when(raw.is_null()).then(pl.lit("label is missing")).otherwise(pl.format(expected, raw))
+    return pl.when(ok).then(value.cast(pl.Int8)).alias(LABEL), (~ok, msg)
+
+
+def _check_positive(path: Path, label: str, positive: str | None, frames: list[pl.LazyFrame]) -> None:
+    """``--positive`` must be a value of the label column (a misspelt one would make every row a negative)."""
+    if positive is None:
+        return
+    for lf in frames:
+        if lf.filter(pl.col(label).str.strip_chars() == positive).select(label).head(1).collect().height:
+            return
+    values = pl.concat([lf.select(pl.col(label).str.strip_chars()).head(SAMPLE_ROWS).collect() for lf in frames])
+    shown = _show([f"'{v}'" for v in values[label].drop_nulls().unique().sort().to_list()])
+    raise UserError(f"{path}: --positive {positive!r} is no value of the label column '{label}' (it holds {shown})")
+
+
+def _sample(lf: pl.LazyFrame, path: Path) -> pl.DataFrame:
+    """The first :data:`SAMPLE_ROWS` rows of a parsed file (an unreadable file is a one-line error)."""
+    try:
+        return lf.head(SAMPLE_ROWS).collect()
+    except pl.exceptions.PolarsError as exc:
+        raise UserError(f"{path}: cannot read ({first_line(exc)})") from None
 
 
 def _check_field_names(path: Path, names: list[str]) -> None:
@@ -259,14 +497,19 @@ def _avazu(paths: list[Path], opts: dict[str, Any]) -> Source:
     header = bool(opts.get("header", True))
     out = _Builder()
     rest: list[str] = []
+    notes = []
     for path in paths:
-        columns = _header(path, ",") if header else AVAZU_COLUMNS
+        first = _first_line(path, ",")
+        has_header = header and not _data_like(first, AVAZU_COLUMNS, "click")
+        if header and not has_header:
+            notes.append(f"{path}: no header line (line 1 is data), read with the Avazu columns")
+        columns = _valid_names(path, first) if has_header else AVAZU_COLUMNS
         for col in ("id", "click", "hour"):
             if col not in columns:
                 raise UserError(f"{path}: missing column '{col}' (Avazu files have id,click,hour,...)")
         rest = [c for c in columns if c not in ("id", "click", "hour")]
         _check_field_names(path, rest)
-        lf, count_check = _split(_lines(path, skip_first=header), ",", columns, unquote=True)
+        lf, count_check = _split(_lines(path, skip_first=has_header), ",", columns, unquote=True)
         label, label_check = _label_01("click")
         hour = pl.col("hour")
         date = hour.str.slice(0, 6).str.to_date("%y%m%d", strict=False)
@@ -281,59 +524,74 @@ def _avazu(paths: list[Path], opts: dict[str, Any]) -> Source:
         ]
         out.add(lf, [count_check, label_check, hour_check], columns_out)
     fields = [("hour_of_day", CATEGORICAL), ("weekday", CATEGORICAL)] + [(c, CATEGORICAL) for c in rest]
-    return out.source(fields, paths)
+    source = out.source(fields, paths)
+    source.notes = notes
+    return source
 
 
 def _csv(paths: list[Path], opts: dict[str, Any]) -> Source:
     sep = opts.get("separator") or ","
     label_col = opts.get("label") or LABEL
+    names, has_header, notes = _csv_header(paths, sep, label_col, opts)
+    parsed = [_split(_lines(p, skip_first=h), sep, names, unquote=True) for p, h in zip(paths, has_header, strict=True)]
+    sample = _sample(parsed[0][0], paths[0])
+    columns = _plan(paths[0], names, label_col, opts, _infer_text(sample, names))
+    return _table_source(paths, opts, label_col, columns, sample, parsed, notes)
+
+
+def _table_source(
+    paths: list[Path],
+    opts: dict[str, Any],
+    label_col: str,
+    columns: list[Column],
+    sample: pl.DataFrame,
+    parsed: list[tuple[pl.LazyFrame, Check | None]],
+    notes: list[str],
+) -> Source:
+    """The csv/parquet :class:`Source`: per file its String columns (and column-count check), read per ``columns``."""
+    positive = opts.get("positive")
+    rule = opts.get("label_rule") or _label_rule(paths[0], label_col, sample[label_col], positive)
+    if not opts.get("label_rule"):  # (with --apply, the training dataset's value)
+        _check_positive(paths[0], label_col, positive, [lf for lf, _ in parsed])
+    for c in columns:
+        if c.kind == "label":
+            c.why += f", {'1 = ' + repr(positive) if rule == 'positive' else 'values ' + LABEL_RULES[rule]}"
+    categorical, numeric = _kinds(columns)
+    hints = {c.name: f" (read as numeric from {c.why}; --categorical {c.name} reads it as tokens)"
+             for c in columns if c.kind == NUMERIC and not c.why.startswith("-")}  # fmt: skip
+    label, label_check = _label(label_col, rule, positive)
+    values, number_checks = _numbers(numeric, hints)
     out = _Builder()
-    categorical: list[str] = []
-    numeric: list[str] = []
-    for path in paths:
-        header = _header(path, sep)
-        categorical, numeric = _select_columns(path, header, label_col, opts)
-        lf, count_check = _split(_lines(path, skip_first=True), sep, header, unquote=True)
-        checks, columns = _table_columns(label_col, categorical, numeric)
-        out.add(lf, [count_check, *checks], columns)
+    for lf, count_check in parsed:
+        checks = [label_check, *number_checks] if count_check is None else [count_check, label_check, *number_checks]
+        out.add(lf, checks, [label, *categorical, *values])
     fields = [(c, CATEGORICAL) for c in categorical] + [(c, NUMERIC) for c in numeric]
-    return out.source(fields, paths)
-
-
-def _table_columns(label_col: str, categorical: list[str], numeric: list[str]) -> tuple[list[Check], list[pl.Expr]]:
-    """Checks and output columns shared by csv/parquet: label 0/1, categorical strings, numeric floats."""
-    raw = pl.col(label_col)
-    value = raw.str.strip_chars().cast(pl.Float64, strict=False)
-    ok = value.is_in([0.0, 1.0])
-    msg = (
-        pl.when(raw.is_null())
-        .then(pl.lit("label is missing"))
-        .otherwise(pl.format(f"label column '{label_col}' must be 0 or 1, got '{{}}'", raw))
-    )
-    values, checks = _numbers(numeric)
-    label = pl.when(ok).then(value.cast(pl.Int8)).alias(LABEL)
-    return [(~ok, msg), *checks], [label, *categorical, *values]
+    source = out.source(fields, paths)
+    source.columns, source.notes, source.label_rule = columns, notes, rule
+    return source
 
 
 def _parquet(paths: list[Path], opts: dict[str, Any]) -> Source:
     label_col = opts.get("label") or LABEL
-    out = _Builder()
-    categorical: list[str] = []
-    numeric: list[str] = []
+    schemas = []
     for path in paths:
         try:
-            schema = pl.scan_parquet(path).collect_schema()
+            schemas.append(pl.scan_parquet(path).collect_schema())
         except (pl.exceptions.PolarsError, OSError) as exc:
             raise UserError(f"{path}: not a readable Parquet file ({first_line(exc)})") from None
-        categorical, numeric = _select_columns(path, schema.names(), label_col, opts)
-        cols = [label_col, *categorical, *numeric]
+    first = schemas[0]
+    columns = _plan(paths[0], first.names(), label_col, opts, {n: _infer_dtype(t) for n, t in first.items()})
+    used = [c.name for c in columns if c.kind is not None]
+    parsed = []
+    for path, schema in zip(paths, schemas, strict=True):
+        for col in used:
+            if col not in schema:
+                raise UserError(f"{path}: missing column '{col}' (have: {_show(schema.names())})")
         lf = pl.scan_parquet(path, row_index_name=LINE, row_index_offset=1).select(
-            pl.col(LINE).cast(pl.UInt64), *[_as_string(c, schema[c]) for c in cols]
+            pl.col(LINE).cast(pl.UInt64), *[_as_string(c, schema[c]) for c in used]
         )
-        checks, columns = _table_columns(label_col, categorical, numeric)
-        out.add(lf, checks, columns)
-    fields = [(c, CATEGORICAL) for c in categorical] + [(c, NUMERIC) for c in numeric]
-    return out.source(fields, paths)
+        parsed.append((lf, None))
+    return _table_source(paths, opts, label_col, columns, _sample(parsed[0][0], paths[0]), parsed, [])
 
 
 def _as_string(name: str, dtype: pl.DataType) -> pl.Expr:

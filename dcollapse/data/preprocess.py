@@ -35,12 +35,14 @@ def write_dataset(
     overwrite: bool = False,
     extra_files: Mapping[str, Callable[[Path], Any]] | None = None,
     drop_empty: bool = False,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``splits`` (frames with an int32 column per field and a ``label`` column) as a dataset dir, atomically.
 
     ``fields``: ``[{"name", "kind", "vocab_size"}, ...]`` in column order (offsets are added here);
     ``extra_files``: ``{file name: writer(path)}`` for additional files inside the directory; ``drop_empty``: leave out
-    splits without rows (a missing or empty ``train`` split is then an error).
+    splits without rows (a missing or empty ``train`` split is then an error); ``extra``: more ``meta.json`` keys (the
+    preprocess job adds ``columns``, how each csv/parquet input column was used, and ``notes``).
     Returns the ``meta.json`` dict.
     """
     names = [f["name"] for f in fields]
@@ -89,6 +91,7 @@ def write_dataset(
             "input_hash": input_hash,
             "dcollapse_version": __version__,
             "skipped_rows": int(skipped_rows),
+            **(extra or {}),
         }
         for file_name, writer in (extra_files or {}).items():
             writer(tmp / file_name)
@@ -98,7 +101,7 @@ def write_dataset(
 
 # ------------------------------------------------------------------------------------------------ the preprocess job
 
-FORMATS = ("criteo", "avazu", "csv", "parquet", "libfm", "movielens")
+FORMATS = formats.FORMATS
 VOCAB_FILE = "vocab.parquet"
 TRANSFORM_FILE = "transform.json"
 SPLIT = "__split"
@@ -115,9 +118,12 @@ class Options:
     label: str | None = None
     categorical: list[str] = field(default_factory=list)
     numeric: list[str] = field(default_factory=list)
+    drop: list[str] = field(default_factory=list)
+    positive: str | None = None
     numeric_bins: str = "log"
     separator: str = ","
     header: bool = True
+    columns: list[str] = field(default_factory=list)
     min_count: int = 1
     valid_frac: float = 0.1
     test_frac: float = 0.1
@@ -162,12 +168,22 @@ def preprocess(
         raise UserError(f"{out_dir}: already exists (pass --overwrite to replace it)")
     paths = _existing(inputs)
     transform = _load_transform(Path(opts.apply)) if opts.apply else None
+    notes = []
+    read_as: dict[str, Any] = {}
     if transform is not None:
         if opts.format not in (None, transform["options"]["format"]):
             raise UserError(f"--format {opts.format} differs from the format of --apply {opts.apply}")
-        for key in ("format", "label", "categorical", "numeric", "numeric_bins", "separator"):
-            setattr(opts, key, transform["options"][key])
-    source = formats.read(opts.format, paths, asdict(opts))
+        for key in ("format", "label", "categorical", "numeric", "drop", "positive", "numeric_bins", "separator"):
+            setattr(opts, key, transform["options"].get(key, getattr(Options(), key)))
+        read_as = {"fields": {f["name"]: f["kind"] for f in transform["fields"]}}
+        read_as["label_rule"] = transform.get("label_rule")
+    elif opts.format is None:
+        opts.format, separator, why = formats.guess_format(paths)
+        if separator is not None and opts.separator == ",":
+            opts.separator = separator
+        notes.append(f"format: {opts.format} (from {why}; --format sets it)")
+    source = formats.read(opts.format, paths, asdict(opts) | read_as)
+    notes += source.notes
     names = [name for name, _ in source.fields]
     if transform is not None and names != [f["name"] for f in transform["fields"]]:
         raise UserError(f"{paths[0]}: fields differ from the dataset in --apply {opts.apply}")
@@ -210,6 +226,7 @@ def preprocess(
             "options": asdict(opts),
             "numeric_edges": numeric_edges,
             "fields": [{k: f[k] for k in ("name", "kind", "vocab_size")} for f in fields_meta],
+            "label_rule": source.label_rule,
         }
         return _run(
             lambda: write_dataset(
@@ -226,6 +243,7 @@ def preprocess(
                     TRANSFORM_FILE: lambda p: p.write_text(json.dumps(transform_doc, indent=2) + "\n"),
                 },
                 drop_empty=True,
+                extra={"columns": [asdict(c) for c in source.columns], "notes": notes},
             ),
             source.files,
             out_dir,
@@ -280,8 +298,9 @@ def _parse(rows: pl.LazyFrame, rows_file: Path) -> tuple[pl.DataFrame, pl.DataFr
 
 
 def _validated(options: Options) -> Options:
-    opts = replace(options, categorical=_comma_list(options.categorical), numeric=_comma_list(options.numeric))
-    if opts.apply is None and opts.format not in FORMATS:
+    lists = ("categorical", "numeric", "drop", "columns")
+    opts = replace(options, **{k: _comma_list(getattr(options, k)) for k in lists})
+    if opts.apply is None and opts.format is not None and opts.format not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)} (got {opts.format!r})")
     if opts.bad_rows not in ("error", "skip"):
         raise UserError(f"--bad-rows must be 'error' or 'skip' (got {opts.bad_rows!r})")
@@ -295,6 +314,10 @@ def _validated(options: Options) -> Options:
         raise UserError(f"--numeric-bins must be 'log' or an integer >= 2 (got {opts.numeric_bins!r})")
     if len(opts.separator) != 1:
         raise UserError(f"--separator must be one character (got {opts.separator!r})")
+    table_only = {"--drop": opts.drop, "--positive": opts.positive, "--columns": opts.columns}
+    for flag, value in table_only.items():
+        if value and opts.format not in (None, "csv", "parquet") and opts.apply is None:
+            raise UserError(f"{flag} is for csv/parquet input (got --format {opts.format})")
     return opts
 
 
