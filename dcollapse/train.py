@@ -34,6 +34,7 @@ from dcollapse.diagnostics.richness import richness_snapshot
 from dcollapse.errors import UserError
 from dcollapse.metrics.spectrum import field_singular_values, information_abundance, rankme, singular_values
 from dcollapse.models import CTRModel, build_model, model_config
+from dcollapse.models.embedding import FusedTableOptimizer
 
 TRAIN_DEFAULTS: dict[str, Any] = {
     "epochs": 100,  # the paper's cap; early stopping usually ends a run far sooner
@@ -42,6 +43,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "optimizer": "adam",
     "l2_emb": 0.0,
     "sparse_emb": False,  # sparse table gradients, only the rows of a batch updated (lazy Adam with adam)
+    "fused_update": False,  # the tables updated inside the backward, rows read only (lazy Adam with adam)
     "compile": False,  # torch.compile the training forward and backward (Inductor: C++ on the CPU, Triton on CUDA)
     "patience": 2,  # epochs without a better validation AUC before stopping; 0 = never stop early
     "seed": 0,
@@ -69,7 +71,7 @@ def full_config(config: dict[str, Any]) -> dict[str, Any]:
         raise UserError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {c['optimizer']!r}")
     if c["device"] not in ("auto", "cpu", "cuda"):
         raise UserError(f"device must be auto, cpu or cuda, not {c['device']!r}")
-    for key in ("sparse_emb", "compile"):
+    for key in ("sparse_emb", "fused_update", "compile"):
         if not isinstance(c[key], bool):
             raise UserError(f"{key} must be true or false, not {c[key]!r}")
     if int(c["chunk_rows"]) < 0:
@@ -98,15 +100,23 @@ def make_optimizer(model: CTRModel, config: dict[str, Any]) -> torch.optim.Optim
     With ``sparse_emb`` the model's tables are switched to sparse gradients (``CTRModel.sparse_gradients``) and
     get their own optimizer (:data:`SPARSE_OPTIMIZERS`) that updates only the rows of each batch; the L2 penalty
     then applies lazily, to those rows only. Every other parameter gets the dense optimizer.
+    With ``fused_update`` the tables are updated inside the backward instead, rows read only, no table gradient
+    (:class:`~dcollapse.models.embedding.FusedTableOptimizer`: exact SGD and Adagrad, lazy Adam for adam).
     """
     tables = model.embedding_parameters()
     ids = {id(p) for p in tables}
     others = [p for p in model.parameters() if id(p) not in ids and p.requires_grad]
     lr, l2 = float(config["lr"]), float(config["l2_emb"])
+    fused = config.get("fused_update", False)
+    if fused and (config.get("sparse_emb", False) or config.get("compile", False)):
+        raise UserError("--fused-update replaces --sparse-emb and does not work with --compile; drop one")
     if config.get("sparse_emb", False):
         model.sparse_gradients()
         sparse = SPARSE_OPTIMIZERS[config["optimizer"]](tables, lr=lr)
         return SparseTableOptimizer(sparse, dense_optimizer(config["optimizer"], [{"params": others}], lr), l2)
+    if fused:
+        dense = dense_optimizer(config["optimizer"], [{"params": others}], lr)
+        return FusedTableOptimizer(model.embedding, tables, config["optimizer"], lr, dense, l2)
     groups = [{"params": tables, "weight_decay": l2}, {"params": others, "weight_decay": 0.0}]
     return dense_optimizer(config["optimizer"], groups, lr)
 
@@ -165,9 +175,10 @@ def seed_epoch(seed: int, epoch: int) -> torch.Generator:
 
 def check_world(config: dict[str, Any], world: int) -> None:
     """Refuse ``sparse_emb`` in a data-parallel run of ``world`` > 1 processes (DDP all-reduces dense gradients)."""
-    if config["sparse_emb"] and world > 1:
+    if (config["sparse_emb"] or config.get("fused_update", False)) and world > 1:
         raise UserError(
-            "--sparse-emb does not work with data-parallel training (--nproc, torchrun); train on one process"
+            f"--{'sparse-emb' if config['sparse_emb'] else 'fused-update'} does not work with data-parallel training "
+            "(--nproc, torchrun); train on one process"
         )
 
 

@@ -32,7 +32,7 @@ from dcollapse.kernels.row_update import RULES, RowOptimizer
 
 SCATTER_METHODS = ("sorted", "atomic")
 MAX_RUN = 256  # contributions one program reduces before a segment is split (TorchRec's long-run threshold)
-MAX_D = 1024  # a program holds a whole table row (the row-wise rules need it)
+BLOCK_D_MAX = 1024  # columns per program; wider rows take several column blocks (not row-wise Adagrad: whole rows)
 SOURCE_ROWS, SOURCE_FM, SOURCE_PARTIAL = 0, 1, 2
 SINK_DENSE, SINK_UPDATE = 0, 1
 
@@ -158,7 +158,8 @@ def _segment_kernel(
     SOURCE: tl.constexpr, SINK: tl.constexpr, RULE: tl.constexpr, SPLIT: tl.constexpr, ACC: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
-    """One piece [begins[p], ends[p]) of the sorted contributions to table row rows[p], summed in a fixed order.
+    """One piece [begins[p], ends[p]) of the sorted contributions to table row rows[p], summed in a fixed order,
+    columns [program_id(1) * BLOCK_D, + BLOCK_D).
 
     SOURCE 0: contribution i is src[order[i]] (gradient rows [N, d]); SOURCE 1 (FM): with b = order[i] // F, it is
     g_b * s_b and -g_b * e_row (src = g, src2 = s, both [B, d]); SOURCE 2: src[i] (pass 2 over pass 1's partial
@@ -169,7 +170,7 @@ def _segment_kernel(
     begin = tl.load(begins + p)
     end = tl.load(ends + p)
     if end > begin:
-        cols = tl.arange(0, BLOCK_D)
+        cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
         col_mask = cols < d
         row = tl.load(rows + p).to(tl.int64)
         acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=ACC)
@@ -204,12 +205,12 @@ def _segment_kernel(
             tl.store(partial + p.to(tl.int64) * d + cols, total, mask=col_mask)
 
 
-def segment_config(d: int, source: int) -> dict[str, int]:
-    """Blocks and warps of :func:`_segment_kernel` for rows of width ``d``: the whole row in one program, about
-    1024 accumulator values (2048 for FM's two accumulators), one warp per 512 values (a warp per short row)."""
-    if d > MAX_D:
-        raise ValueError(f"table rows wider than {MAX_D} columns are not supported, got d = {d}")
-    block_d = triton.next_power_of_2(d)
+def segment_config(d: int, source: int, whole_rows: bool = False) -> dict[str, int]:
+    """Blocks and warps of :func:`_segment_kernel` for rows of width ``d``: up to 1024 columns (the whole row when
+    ``whole_rows``), about 1024 accumulator values (2048 for FM's two), one warp per 512 values (a warp per row)."""
+    if whole_rows and d > BLOCK_D_MAX:
+        raise ValueError(f"row-wise Adagrad takes rows of at most {BLOCK_D_MAX} columns, got d = {d}")
+    block_d = min(triton.next_power_of_2(d), BLOCK_D_MAX)
     block_n = max(1, min(32, 1024 // block_d))
     values = block_n * block_d * (2 if source == SOURCE_FM else 1)
     return {"BLOCK_N": block_n, "BLOCK_D": block_d, "num_warps": max(1, min(8, values // 512))}
@@ -255,15 +256,17 @@ def reduce_segments(
     dst_arg = dst if dst is not None else table_arg
     partial = torch.empty(len(plan.piece_begin) if plan.has_long else 1, d, dtype=torch_acc, device=src.device)
     common = {"SINK": sink, "RULE": rule, "ACC": acc}
-    config = segment_config(d, source)
-    _segment_kernel[(len(plan.piece_begin),)](
+    whole_rows = update is not None and update.rule == "rowwise_adagrad"
+    config = segment_config(d, source, whole_rows)
+    col_blocks = triton.cdiv(d, config["BLOCK_D"])
+    _segment_kernel[(len(plan.piece_begin), col_blocks)](
         src, src2 if src2 is not None else src, plan.order, plan.piece_begin, plan.piece_end, plan.piece_row,
         plan.piece_alone, partial, table_arg, dst_arg, *state, d, fields, **rule_args,
         SOURCE=source, SPLIT=True, **common, **config,
     )  # fmt: skip
     if plan.has_long:
-        config = segment_config(d, SOURCE_PARTIAL)
-        _segment_kernel[(len(plan.long_begin),)](
+        config = segment_config(d, SOURCE_PARTIAL, whole_rows)
+        _segment_kernel[(len(plan.long_begin), col_blocks)](
             partial, partial, plan.order, plan.long_begin, plan.long_end, plan.long_row,
             plan.piece_alone, partial, table_arg, dst_arg, *state, d, fields, **rule_args,
             SOURCE=SOURCE_PARTIAL, SPLIT=False, **common, **config,

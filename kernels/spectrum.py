@@ -2,7 +2,8 @@
 
 Row segments X_s of one strided matrix X [R, C] (the fields of the concatenated embedding table, the matrices of
 a batch, or one batch matrix Z) are cut into row chunks; one Triton program per (chunk, column tile i, column tile
-j >= i) accumulates X_chunk[:, i]^T X_chunk[:, j] with ``tl.dot`` in float64, chunks combine in float64, and
+j >= i) accumulates X_chunk[:, i]^T X_chunk[:, j] with ``tl.dot`` in float64, chunks combine in float64 in a
+fixed order (the segment reduction of :mod:`dcollapse.kernels.scatter`), and
 ``torch.linalg.eigvalsh`` (float64) gives every segment's eigenvalues at once.
 
 Why float64 inside the tile: the Gram squares the condition number, so an fp32 accumulation perturbs every
@@ -18,7 +19,7 @@ import triton
 import triton.language as tl
 
 from dcollapse.kernels.dispatch import check_dot_blocks, dot_block, use_triton
-from dcollapse.kernels.scatter import split_segments
+from dcollapse.kernels.scatter import reduce_segments, split_segments
 
 BLOCK_ROWS = 32
 BLOCK_COLS_MAX = 64
@@ -83,7 +84,8 @@ def segment_grams_triton(x: torch.Tensor, begins: torch.Tensor, ends: torch.Tens
             x, chunk_begin, chunk_end, partial, C, x.stride(0), x.stride(1), c_pad, BLOCK_R=BLOCK_ROWS, BLOCK_C=block_c
         )
     grams = torch.zeros(len(begins), c_pad, c_pad, dtype=torch.float64, device=x.device)
-    grams.index_add_(0, chunk_segment, partial)
+    flat = c_pad * c_pad  # chunks combine per segment in a fixed order (no atomics): the same bits every run
+    reduce_segments(partial.view(-1, flat), None, chunk_segment, len(begins), dst=grams.view(-1, flat))
     upper = grams[:, :C, :C].triu()
     return upper + upper.triu(1).transpose(1, 2)
 

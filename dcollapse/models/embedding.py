@@ -1,13 +1,22 @@
-"""Field embeddings: ONE table [sum_f V_f, d_total] plus per-field offsets, read via ``dcollapse.kernels.lookup``."""
+"""Field embeddings: ONE table [sum_f V_f, d_total] plus per-field offsets, read via ``dcollapse.kernels.lookup``.
+
+Also the optimizer of a ``fused_update`` run (:class:`FusedTableOptimizer`): the tables are updated inside the
+backward by :class:`~dcollapse.kernels.RowOptimizer` (only the rows a batch read, no table gradient), every other
+parameter by a dense torch optimizer.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
 
-from dcollapse.kernels import lookup
+from dcollapse.kernels import RowOptimizer, lookup
 
 INIT_STD = 1e-4  # FuxiCTR's default embedding initialiser: normal(0, 1e-4)
+# the training optimizer name -> the in-backward rule of the tables (Adam has no exact sparse form: lazy Adam)
+ROW_RULES = {"sgd": "sgd", "adagrad": "adagrad", "adam": "lazy_adam"}
 
 
 class FieldEmbedding(nn.Module):
@@ -16,6 +25,8 @@ class FieldEmbedding(nn.Module):
     ``num_sets`` = k independent embedding sets of width ``emb_dim`` (multi-embedding, Guo et al. 2024) are stored
     side by side in the columns: ``table`` [sum_f V_f, emb_dim * k], set m owns columns [m*emb_dim, (m+1)*emb_dim).
     ``sparse`` = True makes the table's gradient a sparse tensor of the rows a batch read (see ``lookup``).
+    ``row_updates``: the in-backward updates of this model's tables (set by :class:`FusedTableOptimizer`), applied
+    while the module is in training mode (:meth:`update_for`).
     """
 
     sparse = False
@@ -35,10 +46,18 @@ class FieldEmbedding(nn.Module):
         self.register_buffer("offsets", starts)
         self.table = nn.Parameter(torch.empty(sum(vocab_sizes), self.d_total))
         nn.init.normal_(self.table, std=INIT_STD)
+        self.row_updates: list[RowOptimizer] = []
+
+    def update_for(self, table: torch.Tensor) -> RowOptimizer | None:
+        """The in-backward update of ``table`` (this module's table or another per-feature table of the model), or
+        None: none is set, or the module is in eval mode (evaluation never updates)."""
+        if not self.training:
+            return None
+        return next((update for update in self.row_updates if update.table is table), None)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """E [B, F, d_total] from local ids int [B, F]."""
-        return lookup(self.table, ids, self.offsets, sparse=self.sparse)
+        return lookup(self.table, ids, self.offsets, sparse=self.sparse, update=self.update_for(self.table))
 
     def field_table(self, field: int, embedding_set: int | None = None) -> torch.Tensor:
         """Rows of one field, [V_f, d_total] (or [V_f, emb_dim] for one ``embedding_set``); a view of ``table``."""
@@ -47,3 +66,34 @@ class FieldEmbedding(nn.Module):
         if embedding_set is None:
             return rows
         return rows[:, embedding_set * self.emb_dim : (embedding_set + 1) * self.emb_dim]
+
+
+class FusedTableOptimizer:
+    """The optimizer of a ``fused_update`` run, with the ``torch.optim.Optimizer`` methods training uses.
+
+    Attaches one :class:`~dcollapse.kernels.RowOptimizer` per table of ``tables`` to ``embedding`` (rule
+    :data:`ROW_RULES` of ``name``, lazy L2 ``l2`` on the rows read); those tables are updated during the backward
+    and never get a ``.grad``. :meth:`step` steps ``dense``, the optimizer of every other parameter.
+    """
+
+    def __init__(
+        self, embedding: FieldEmbedding, tables: list[nn.Parameter], name: str, lr: float,
+        dense: torch.optim.Optimizer, l2: float = 0.0,
+    ) -> None:  # fmt: skip
+        self.embedding, self.dense = embedding, dense
+        self.updates = [RowOptimizer(table, ROW_RULES[name], lr, weight_decay=l2) for table in tables]
+        embedding.row_updates = self.updates
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.dense.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        self.dense.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"tables": [update.state_dict() for update in self.updates], "dense": self.dense.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for update, saved in zip(self.updates, state["tables"], strict=True):
+            update.load_state_dict(saved)
+        self.dense.load_state_dict(state["dense"])

@@ -29,9 +29,9 @@ class BiInteraction(nn.Module):
         """p [B, emb_dim] from E [B, F, emb_dim * k]."""
         return self._average_sets(bi_interaction(E))
 
-    def from_ids(self, table: torch.Tensor, ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        """Same as ``forward(lookup(table, ids, offsets))`` without materialising E."""
-        return self._average_sets(fused_bi_interaction(table, ids, offsets))
+    def from_ids(self, table: torch.Tensor, ids: torch.Tensor, offsets: torch.Tensor, update=None) -> torch.Tensor:
+        """Same as ``forward(lookup(table, ids, offsets, update=update))`` without materialising E."""
+        return self._average_sets(fused_bi_interaction(table, ids, offsets, update))
 
 
 class DotInteraction(nn.Module):
@@ -52,9 +52,9 @@ class DotInteraction(nn.Module):
         dots = pairwise_dot(E)
         return dots if self.num_sets == 1 else dots / self.num_sets
 
-    def from_ids(self, table: torch.Tensor, ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        """Same as ``forward(lookup(table, ids, offsets))`` without materialising E."""
-        dots = fused_pairwise_dot(table, ids, offsets)
+    def from_ids(self, table: torch.Tensor, ids: torch.Tensor, offsets: torch.Tensor, update=None) -> torch.Tensor:
+        """Same as ``forward(lookup(table, ids, offsets, update=update))`` without materialising E."""
+        dots = fused_pairwise_dot(table, ids, offsets, update)
         return dots if self.num_sets == 1 else dots / self.num_sets
 
 

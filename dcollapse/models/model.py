@@ -163,7 +163,10 @@ class CTRModel(nn.Module):
         """Textbook FM's first-order term sum_f w[id_f], [B]; zeros when the model has none."""
         if self.first_order is None:
             return ids.new_zeros(ids.shape[0], dtype=self.embedding.table.dtype)
-        return lookup(self.first_order, ids, self.embedding.offsets, sparse=self.embedding.sparse).sum(dim=(1, 2))
+        update = self.embedding.update_for(self.first_order)
+        return lookup(self.first_order, ids, self.embedding.offsets, sparse=self.embedding.sparse, update=update).sum(
+            dim=(1, 2)
+        )
 
     def forward_from_embeddings(
         self, E: torch.Tensor, detach: str | None = None, ids: torch.Tensor | None = None
@@ -179,7 +182,8 @@ class CTRModel(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """Logits [B] from local ids int [B, F]."""
         if self._fused and not self.embedding.sparse:
-            z = self.interaction.from_ids(self.embedding.table, ids, self.embedding.offsets)
+            table = self.embedding.table
+            z = self.interaction.from_ids(table, ids, self.embedding.offsets, self.embedding.update_for(table))
             h = self._compose(z, None)
         else:
             h = self.hidden(self.embed(ids))
