@@ -8,143 +8,16 @@ document (what ``--json`` prints) and the tables are rendered from it.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from dcollapse.cli.common import emit, err, handles_errors, out, progress
-from dcollapse.errors import UserError
 
-if TYPE_CHECKING:
-    import torch
-
-DEFAULT_TOP = 10  # players when the model has more than MAX_PLAYERS fields and none were chosen
-BASELINE_ROWS = 10_000  # training rows the mean baseline averages over
-AGOP_ROWS = 512  # rows the AGOP field ranking averages over
 BAR = "█"
-
-
-@dataclass
-class Loaded:
-    """One checkpoint: its path, dict, rebuilt model (eval mode, CPU) and the epoch it was saved at."""
-
-    path: Path
-    ckpt: dict[str, Any]
-    model: torch.nn.Module
-    epoch: int
-
-
-def load_checkpoints(paths: list[Path]) -> list[Loaded]:
-    """Load CTR checkpoints of one dataset layout, sorted by epoch (distinct epochs when there are several)."""
-    from dcollapse import checkpoint
-    from dcollapse.models import load_model
-
-    runs = []
-    for path in paths:
-        ckpt = checkpoint.load(path)
-        if ckpt.get("kind", "ctr") != "ctr":
-            raise UserError(f"{path}: a {ckpt.get('kind')!r} checkpoint; interactions read `dcollapse train` output")
-        # epoch snapshots name their epoch; a run's main checkpoint holds the best epoch's weights
-        history = ckpt.get("history") or []
-        epoch = int(ckpt.get("epoch") or ckpt.get("best_epoch") or (history[-1]["epoch"] if history else 0))
-        runs.append(Loaded(path, ckpt, load_model(ckpt), epoch))
-    layout = field_layout(runs[0].ckpt["meta"])
-    for run in runs[1:]:
-        if field_layout(run.ckpt["meta"]) != layout:
-            raise UserError(f"{run.path}: fields differ from those of {runs[0].path}; give checkpoints of one run")
-    runs.sort(key=lambda r: r.epoch)
-    epochs = [r.epoch for r in runs]
-    if len(set(epochs)) != len(epochs):
-        raise UserError(f"two checkpoints were saved at the same epoch ({epochs}); give one run's epoch files")
-    return runs
-
-
-def field_layout(meta: dict[str, Any]) -> list[tuple[str, int]]:
-    return [(f["name"], int(f["vocab_size"])) for f in meta["fields"]]
-
-
-def dataset_dir(run: Loaded, data: Path | None) -> Path:
-    """The dataset directory (``--data`` or the stored path), checked against the checkpoint's fields."""
-    from dcollapse.data.dataset import load_meta
-
-    stored = (run.ckpt.get("data") or {}).get("path")
-    if data is None and not (stored and (Path(stored) / "meta.json").is_file()):
-        raise UserError(f"{run.path}: its dataset {stored or '(none stored)'} is not available; pass --data DIR")
-    directory = data if data is not None else Path(stored)
-    if field_layout(load_meta(directory)) != field_layout(run.ckpt["meta"]):
-        raise UserError(f"{directory}: fields or vocabulary sizes differ from the ones {run.path} was trained on")
-    return directory
-
-
-def choose_players(
-    names: list[str], fields: str | None, top: int | None, rank_by: str, run: Loaded, ids: torch.Tensor,
-    labels: torch.Tensor, baseline_ids: torch.Tensor, baseline: str,
-) -> tuple[list[int], dict[str, Any]]:  # fmt: skip
-    """Player fields (indices) and how they were chosen: --fields, --top N by AGOP share or masking drop, or all."""
-    import torch
-
-    from dcollapse.diagnostics import harsanyi as H
-
-    if fields is not None and top is not None:
-        raise UserError("give --fields or --top, not both")
-    if fields is not None:
-        chosen = [name.strip() for name in fields.split(",") if name.strip()]
-        unknown = [name for name in chosen if name not in names]
-        if unknown:
-            raise UserError(f"--fields: no field named {unknown[0]!r} (fields: {', '.join(names)})")
-        if len(set(chosen)) != len(chosen) or not chosen:
-            raise UserError("--fields: give distinct field names, comma-separated")
-        if len(chosen) > H.MAX_PLAYERS:
-            raise UserError(f"--fields: at most {H.MAX_PLAYERS} fields (2^n masked inputs), got {len(chosen)}")
-        return [names.index(name) for name in chosen], {"by": "fields"}
-    if top is None:
-        if len(names) <= H.MAX_PLAYERS:
-            return list(range(len(names))), {"by": "all"}
-        err.print(f"{len(names)} fields > {H.MAX_PLAYERS}: analysing the top {DEFAULT_TOP} (use --fields or --top)")
-        top = DEFAULT_TOP
-    if not 1 <= top <= min(H.MAX_PLAYERS, len(names)):
-        raise UserError(f"--top: expected 1..{min(H.MAX_PLAYERS, len(names))}, got {top}")
-    if rank_by == "agop":
-        scores = H.agop_field_shares(run.model, ids[:AGOP_ROWS])
-    else:
-        inputs = H.field_inputs(run.model, ids)
-        scores = H.masking_drop(run.model, inputs, labels, H.field_baselines(run.model, baseline, baseline_ids))
-    order = torch.argsort(scores, descending=True)[:top].sort().values.tolist()
-    return order, {"by": rank_by, "epoch": run.epoch, "scores": dict(zip(names, scores.tolist(), strict=True))}
-
-
-def analyse(
-    run: Loaded, ids: torch.Tensor, labels: torch.Tensor, baseline_ids: torch.Tensor, players: list[int],
-    options: dict[str, Any], names: list[str],
-) -> dict[str, Any]:  # fmt: skip
-    """The interaction document of one checkpoint (order distribution, salient share, strongest sets)."""
-    from dcollapse.diagnostics import harsanyi as H
-
-    base = H.field_baselines(run.model, options["baseline"], baseline_ids)
-    value = H.field_value_fn(run.model, H.field_inputs(run.model, ids), labels, players, base)
-    values = H.masked_outputs(value, len(players))
-    dense = H.harsanyi(values)
-    result = dense
-    if options["sparse"]:
-        result = H.sparse_and_or(values, lr=options["lr"], niter=options["niter"], tau=options["tau"])
-    dist = H.order_distribution(result)
-    top = H.top_interactions(result, options["show"])
-    return {
-        "checkpoint": str(run.path),
-        "epoch": run.epoch,
-        "v_full": float(values[-1].mean()),
-        "v_empty": float(values[0].mean()),
-        "l1": {"and_only": float(dense.strengths().sum(0).mean()), "result": float(result.strengths().sum(0).mean())},
-        "max_q": float(result.q.abs().max()),
-        "order": {"orders": list(range(1, len(players) + 1)), **dataclasses.asdict(dist)},
-        "mean_order": dist.mean_order(),
-        "salient_fraction": H.salient_fraction(result),
-        "top": [{**dataclasses.asdict(t), "fields": [names[players[i]] for i in t.players]} for t in top],
-    }
 
 
 # ----------------------------------------------------------------------------------------------- rendering
@@ -295,63 +168,27 @@ def interactions(
     Example: dcollapse interactions runs/deepfm.pt --top 8 --sparse --plot orders.png
     """
     from dcollapse import plots
-    from dcollapse.data.dataset import load_meta, load_split
-    from dcollapse.diagnostics import harsanyi as H
-    from dcollapse.metrics.collapse import fixed_batch_indices
+    from dcollapse.diagnostics import field_players as P
 
-    if baseline not in H.BASELINES:
-        raise UserError(f"--baseline: expected one of {', '.join(H.BASELINES)}, got {baseline!r}")
-    if rank_by not in ("agop", "masking"):
-        raise UserError(f"--rank-by: expected agop or masking, got {rank_by!r}")
-    if sparse and (niter < 1 or lr <= 0 or tau < 0):
-        raise UserError("--sparse needs --niter >= 1, --lr > 0 and --tau >= 0")
+    choice = P.PlayerChoice(fields, top, rank_by)
+    options = P.InteractionOptions(baseline, sparse, lr, niter, tau, show)
     if plot is not None:
         plots.check_plot_path(plot)
-    runs = load_checkpoints(checkpoints)
-    last = runs[-1]
-    directory = dataset_dir(last, data)
-    meta = load_meta(directory)
-    names = [f["name"] for f in meta["fields"]]
-    rows = load_split(directory, split, meta)
-    if len(rows) == 0:
-        raise UserError(f"{directory}: split {split!r} has no rows")
-    index = fixed_batch_indices(len(rows), samples, seed)
-    ids, labels = rows.ids[index].long(), rows.labels[index]
-    base_rows = load_split(directory, "train", meta) if "train" in meta["splits"] else rows
-    baseline_ids = base_rows.ids[fixed_batch_indices(len(base_rows), BASELINE_ROWS, seed)].long()
-    players, selection = choose_players(names, fields, top, rank_by, last, ids, labels, baseline_ids, baseline)
-    if high_order is not None and not 1 <= high_order <= len(players):
-        raise UserError(f"--high-order: expected 1..{len(players)}, got {high_order}")
-    options = {"baseline": baseline, "sparse": sparse, "lr": lr, "niter": niter, "tau": tau, "show": show}
-
-    results = []
     bar_ = progress()
     with bar_:
-        task = bar_.add_task("interactions", total=len(runs), status="")
-        for run in runs:
-            bar_.update(task, status=f"{run.path.name}")
-            results.append(analyse(run, ids, labels, baseline_ids, players, options, names))
-            bar_.advance(task)
-    doc: dict[str, Any] = {
-        "players": [names[i] for i in players],
-        "selection": selection,
-        "data": str(directory),
-        "split": split,
-        "samples": int(index.numel()),
-        "seed": seed,
-        "options": {k: v for k, v in options.items() if k != "show"},
-        "results": results,
-    }
-    if len(runs) > 1:
-        distributions = [H.OrderDistribution(r["order"]["positive"], r["order"]["negative"], r["order"]["total"])
-                         for r in results]  # fmt: skip
-        phase = H.detect_two_phase([r.epoch for r in runs], distributions, high_order)
-        history = max((r.ckpt.get("history") or [] for r in runs), key=len)
-        doc["phase"] = dataclasses.asdict(phase)
-        doc["loss_gap"] = dataclasses.asdict(H.loss_gap(history))
+        task = bar_.add_task("interactions", total=len(checkpoints), status="")
+
+        def done(label: str) -> None:
+            bar_.update(task, advance=1, status=Path(label).name)
+
+        doc = P.interaction_report(checkpoints, data=data, choice=choice, options=options, samples=samples,
+                                   split=split, high_order=high_order, seed=seed, on_checkpoint=done)  # fmt: skip
+    for line in doc["warnings"] + ([doc["selection"]["note"]] if "note" in doc["selection"] else []):
+        err.print(Text(f"note: {line}"), soft_wrap=True)
+    several = len(doc["results"]) > 1
     if plot is not None:
-        (plot_dynamics if len(runs) > 1 else plot_single)(doc, plot)
-    emit(doc, as_json, render_dynamics if len(runs) > 1 else render_single, plot)
+        (plot_dynamics if several else plot_single)(doc, plot)
+    emit(doc, as_json, render_dynamics if several else render_single, plot)
 
 
 def register(app: typer.Typer) -> None:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from dcollapse.diagnostics import field_players as P
 from dcollapse.diagnostics import harsanyi as H
 from dcollapse.errors import UserError
 
@@ -306,14 +307,14 @@ def test_field_values_match_plain_forward_passes(run):
     rows = load_split(run / "data", "valid")
     ids, labels = rows.ids[:7].long(), rows.labels[:7]
     sign = 2.0 * labels.double() - 1.0
-    inputs = H.field_inputs(model, ids)
-    value = H.field_value_fn(model, inputs, labels, range(4), H.field_baselines(model, "oov"))
+    inputs = P.field_inputs(model, ids)
+    value = P.field_value_fn(model, inputs, labels, range(4), P.field_baselines(model, "oov"))
     v = H.masked_outputs(value, 4)
     with torch.no_grad():
         torch.testing.assert_close(v[-1], sign * model(ids).double(), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(v[0], sign * model(torch.zeros_like(ids)).double(), rtol=1e-5, atol=1e-5)
         # players {f2, f4}: masking f2 only = replacing its id by 0
-        partial = H.field_value_fn(model, inputs, labels, [1, 3], H.field_baselines(model, "oov"))
+        partial = P.field_value_fn(model, inputs, labels, [1, 3], P.field_baselines(model, "oov"))
         masked = ids.clone()
         masked[:, 1] = 0
         out = partial(torch.tensor([[False, True]]))[0]
@@ -323,13 +324,13 @@ def test_field_values_match_plain_forward_passes(run):
 def test_mean_baseline_and_agop_shares(run):
     model = _textbook_model(run / "data")
     ids = load_split(run / "data", "train").ids[:50].long()
-    mean = H.field_baselines(model, "mean", ids)
+    mean = P.field_baselines(model, "mean", ids)
     with torch.no_grad():
         table = model.embedding.table
         expected = torch.stack([table[model.embedding.offsets[f] + ids[:, f]].mean(0) for f in range(4)])
     torch.testing.assert_close(mean.embeddings, expected)
     # AGOP trace shares against per-sample autograd gradients of the logit wrt each field's embedding
-    shares = H.agop_field_shares(model, ids[:10])
+    shares = P.agop_field_shares(model, ids[:10])
     energy = torch.zeros(4, dtype=torch.float64)
     for row in ids[:10]:
         emb = model.embed(row[None]).detach().requires_grad_(True)
@@ -410,7 +411,7 @@ def test_cli_dynamics_over_epoch_checkpoints(run, tmp_path):
         ["--baseline", "median"],
         ["--rank-by", "magic", "--top", "2"],
         ["--split", "holdout"],
-        ["--plot", "orders.svg"],
+        ["--plot", "orders.gif"],
     ],
 )
 def test_cli_bad_input_exits_2(run, tmp_path, args):

@@ -1,4 +1,5 @@
-"""Harsanyi AND-OR interactions between players (CTR feature fields) and their order-wise dynamics.
+"""Harsanyi AND-OR interactions between players and their order-wise dynamics (players of any kind; CTR feature
+fields as players are :mod:`dcollapse.diagnostics.field_players`).
 
 Players N = {0..n-1}. A subset T of N is stored as the integer whose bit i is set when player i is
 in T, so every "set function" (network outputs v(x_T), interactions I(S), the split terms gamma, q)
@@ -28,9 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dcollapse.diagnostics.agop import agop
 from dcollapse.errors import UserError
-from dcollapse.kernels import lookup
 
 MAX_PLAYERS = 12
 SALIENT_FRACTION = 0.05
@@ -422,106 +421,3 @@ def loss_gap(history: Sequence[dict]) -> LossGap:
     gap = [float(h["valid_logloss"]) - float(h["train_loss"]) for h in rows]
     onset = epochs[min(range(len(gap)), key=gap.__getitem__)] if gap else None
     return LossGap(epochs, gap, onset)
-
-
-# CTR models: players = feature fields
-
-BASELINES = ("mean", "oov", "zero")
-
-
-@dataclass
-class FieldInputs:
-    """What masking a field replaces: its embedding ``embeddings`` [..., F, d_total] and its first-order logit
-    term ``first_order`` [..., F] (textbook FM's per-id weight; zeros for models without one)."""
-
-    embeddings: torch.Tensor
-    first_order: torch.Tensor
-
-
-def field_inputs(model: torch.nn.Module, ids: torch.Tensor) -> FieldInputs:
-    """Per-sample field inputs of a CTR model for local ids int [S, F]: embeddings [S, F, d], first order [S, F]."""
-    with torch.no_grad():
-        emb = model.embed(ids)
-        if getattr(model, "first_order", None) is None:
-            first = emb.new_zeros(emb.shape[:2])
-        else:
-            first = lookup(model.first_order, ids, model.embedding.offsets)[..., 0]
-    return FieldInputs(emb, first)
-
-
-def field_baselines(model: torch.nn.Module, kind: str, ids: torch.Tensor | None = None) -> FieldInputs:
-    """Per-field baselines of a CTR model: embeddings [F, d_total], first-order terms [F].
-
-    ``mean``: the field's mean input over the data rows ``ids`` [N, F]; ``oov``: the field's OOV row
-    (local id 0); ``zero``: zeros.
-    """
-    num_fields = model.embedding.num_fields
-    if kind == "mean":
-        if ids is None or ids.shape[0] == 0:
-            raise UserError("the mean baseline needs data rows to average embeddings over")
-        parts = [field_inputs(model, chunk) for chunk in ids.split(8192)]
-        return FieldInputs(
-            sum(p.embeddings.sum(dim=0) for p in parts) / ids.shape[0],
-            sum(p.first_order.sum(dim=0) for p in parts) / ids.shape[0],
-        )
-    if kind == "oov":
-        oov = field_inputs(model, torch.zeros(1, num_fields, dtype=torch.int64))
-        return FieldInputs(oov.embeddings[0], oov.first_order[0])
-    if kind == "zero":
-        table = model.embedding.table
-        return FieldInputs(table.new_zeros(num_fields, table.shape[1]), table.new_zeros(num_fields))
-    raise UserError(f"unknown baseline {kind!r} (expected one of: {', '.join(BASELINES)})")
-
-
-def field_value_fn(
-    model: torch.nn.Module,
-    inputs: FieldInputs,
-    labels: torch.Tensor,
-    players: Sequence[int],
-    baseline: FieldInputs,
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """v(mask) for a CTR model whose players are the fields ``players``.
-
-    ``inputs`` of S samples ([S, F, d], [S, F]) with ``labels`` [S] in {0, 1}; ``baseline`` ([F, d], [F]).
-    The returned function maps bool [M, n] (n = len(players)) to the sign-adjusted logit float64 [M, S]:
-    ``v = (2 y - 1) * logit = log p(y|x_T) / (1 - p(y|x_T))``. Fields that are not players keep their values.
-    """
-    sign = (2.0 * labels.to(torch.float64) - 1.0)[None, :]
-    players = torch.as_tensor(list(players), dtype=torch.int64)
-    samples, num_fields, dim = inputs.embeddings.shape
-
-    def value(mask: torch.Tensor) -> torch.Tensor:
-        keep = torch.ones(mask.shape[0], num_fields, dtype=torch.bool)
-        keep[:, players] = mask
-        emb = torch.where(keep[:, None, :, None], inputs.embeddings[None], baseline.embeddings[None, None])
-        first = torch.where(keep[:, None, :], inputs.first_order[None], baseline.first_order[None, None])
-        logits = model.forward_from_embeddings(emb.reshape(-1, num_fields, dim)).reshape(mask.shape[0], samples)
-        return (logits + first.sum(dim=-1)).to(torch.float64) * sign
-
-    return value
-
-
-def masking_drop(
-    model: torch.nn.Module, inputs: FieldInputs, labels: torch.Tensor, baseline: FieldInputs
-) -> torch.Tensor:
-    """float64 [F]: E_x |v(x) - v(x with field f at its baseline)|, the log-odds change from masking each field."""
-    num_fields = inputs.embeddings.shape[1]
-    value = field_value_fn(model, inputs, labels, range(num_fields), baseline)
-    masks = torch.ones(num_fields + 1, num_fields, dtype=torch.bool)
-    masks[1:] &= ~torch.eye(num_fields, dtype=torch.bool)
-    with torch.no_grad():
-        out = value(masks)  # [F + 1, S]
-    return (out[:1] - out[1:]).abs().mean(dim=1)
-
-
-def agop_field_shares(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    """float64 [F]: each field's share of the trace of the AGOP of the logit with respect to E [B, F * d].
-
-    ``trace block_f / trace`` = E_x ||d logit / d e_f||^2 / E_x ||d logit / d E||^2 over the rows ``ids`` [B, F].
-    """
-    emb = field_inputs(model, ids).embeddings
-    rows, num_fields, dim = emb.shape
-    matrix = agop(lambda flat: model.forward_from_embeddings(flat.reshape(-1, num_fields, dim)), emb.reshape(rows, -1))
-    per_field = matrix.diagonal().reshape(num_fields, dim).sum(dim=1)
-    total = per_field.sum()
-    return per_field / total if total > 0 else torch.full_like(per_field, 1.0 / num_fields)
