@@ -95,6 +95,11 @@ def train_command(
     track: str | None = typer.Option(
         None, help="Extra per-epoch diagnostics in the history, comma-separated: richness (D_LR and NC1)."
     ),
+    tensorboard: Path | None = typer.Option(
+        None, "--tensorboard", metavar="DIR",
+        help="Also write TensorBoard logs to DIR: per-epoch train loss, valid AUC/logloss, RankMe, mean/min/per-field "
+        "IA and the batch spectrum (needs the tensorboard extra).",
+    ),
     nproc: int = typer.Option(
         1,
         min=1,
@@ -110,7 +115,7 @@ def train_command(
     """
     given = {key: value for key, value in locals().items() if value is not None}  # first: only options here
     given.pop("save_every_epoch"), given.pop("overwrite")
-    for key in ("ctx", "data_dir", "out_path", "config_file", "resume", "nproc"):
+    for key in ("ctx", "data_dir", "out_path", "config_file", "resume", "nproc", "tensorboard"):
         given.pop(key, None)
     if isinstance(given.get("dnn"), str):
         given["dnn"] = parse_widths(given["dnn"])
@@ -146,7 +151,10 @@ def train_command(
         return
     parallel = from_env(config["device"])  # one rank of a torchrun/--nproc run, or the only process
     if not parallel.is_main:  # the other ranks train silently: rank 0 reports
-        train(data_dir, config, out_path, resume=previous, save_every_epoch=save_every_epoch, parallel=parallel)
+        train(
+            data_dir, config, out_path, resume=previous, save_every_epoch=save_every_epoch, parallel=parallel,
+            tensorboard=tensorboard,
+        )  # fmt: skip
         return
 
     bar = progress(transient=True)
@@ -169,7 +177,7 @@ def train_command(
         try:
             result = train(
                 data_dir, config, out_path, resume=previous, save_every_epoch=save_every_epoch,
-                on_step=on_step, on_epoch=on_epoch, parallel=parallel,
+                on_step=on_step, on_epoch=on_epoch, parallel=parallel, tensorboard=tensorboard,
             )  # fmt: skip
         except KeyboardInterrupt:
             kept = f"{out_path} holds the best model so far" if out_path.exists() else "no epoch finished"

@@ -35,6 +35,7 @@ from dcollapse.errors import UserError
 from dcollapse.metrics.spectrum import field_singular_values, information_abundance, rankme, singular_values
 from dcollapse.models import CTRModel, build_model, model_config
 from dcollapse.models.embedding import FusedTableOptimizer
+from dcollapse.monitor import TrainingBoard
 
 TRAIN_DEFAULTS: dict[str, Any] = {
     "epochs": 100,  # the paper's cap; early stopping usually ends a run far sooner
@@ -346,6 +347,7 @@ def train(
     on_step: Callable[[int, int, int, float], None] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     parallel: SingleProcess = ONE_PROCESS,
+    tensorboard: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train, checkpointing to ``out`` after every epoch; returns the final checkpoint dict.
 
@@ -353,7 +355,8 @@ def train(
     last completed epoch. ``on_step(epoch, step, steps, loss)`` and ``on_epoch(history_entry)`` report progress.
     A KeyboardInterrupt leaves the checkpoint of the last completed epoch (best weights so far) in ``out``.
     ``parallel``: this process's rank in a data-parallel run (``dcollapse.distributed.from_env``); only the main
-    rank writes checkpoints.
+    rank writes checkpoints. ``tensorboard``: a directory for per-epoch TensorBoard scalars and the batch spectrum
+    (:class:`dcollapse.monitor.TrainingBoard`), written by the main rank.
     """
     config, out, data_dir = full_config(config), Path(out), Path(data_dir).resolve()
     if out.is_dir():
@@ -420,6 +423,8 @@ def train(
             "kind": "ctr",
         }
 
+    fields = [f["name"] for f in meta["fields"]]
+    board = TrainingBoard(tensorboard, fields) if tensorboard and parallel.is_main else None
     for epoch in range(progress.epoch + 1, int(config["epochs"]) + 1):
         if config["patience"] and progress.bad_epochs >= int(config["patience"]):
             break
@@ -462,6 +467,10 @@ def train(
             )
         if on_epoch is not None:
             on_epoch(entry)
+        if board is not None:
+            board.log_epoch(entry, model, probe.ids)
+    if board is not None:
+        board.close()
 
     # The best model's test metrics, when the dataset has a test split.
     test = None
