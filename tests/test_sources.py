@@ -480,3 +480,21 @@ def test_real_deepctr_torch_model_trained_saved_and_read_back(tmp_path: Path) ->
     source = read_tables(tmp_path / "DeepFM.pth")
     assert source.layout == "deepctr" and [t.name for t in source.tables] == list(vocab)
     assert_matches_numpy(source, {n: model.embedding_dict[n].weight for n in vocab})
+
+
+# ---- docs/any-model.md ---------------------------------------------------------------------------------------
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "any-model.md"
+RUNNABLE = "<!-- runs in tests/test_sources.py -->\n```python\n"
+
+
+def test_any_model_doc_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The doc's marked Python examples run as written (in a scratch directory)."""
+    if not DOC.is_file():
+        pytest.skip("docs/ not shipped with this copy")
+    blocks = [part.split("```\n", 1)[0] for part in DOC.read_text().split(RUNNABLE)[1:]]
+    assert len(blocks) == 2
+    monkeypatch.chdir(tmp_path)
+    for block in blocks:
+        exec(compile(block, str(DOC), "exec"), {"__name__": "doc_example"})
+    assert (tmp_path / "collapse.jsonl").read_text().count("\n") == 4  # steps 0, 50, 100, 150

@@ -93,6 +93,12 @@ def storage_id(tensor: torch.Tensor) -> tuple[int, int, tuple[int, ...]]:
     return tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape)
 
 
+def miss_reason(layout: Layout) -> str:
+    if layout.name == "generic":
+        return "its key names no embedding (--tables chooses it)"
+    return f"not a {layout.name} table key"
+
+
 def detect(keys: list[str]) -> Layout:
     """The first of :data:`LAYOUTS` with a table key among ``keys`` (the stripped keys of the fit tensors).
 
@@ -127,7 +133,7 @@ def select(
         if reason is None and chooser is not None:
             reason = None if chooser.search(name_key) else f"does not match --tables {regex}"
         elif reason is None and (match is None or (layout.skip and layout.skip.search(name_key))):
-            reason = layout.skip_reason if match else f"not a {layout.name} table key"
+            reason = layout.skip_reason if match else miss_reason(layout)
         if reason is None and storage_id(tensor) in seen:
             reason = f"shares its storage with {seen[storage_id(tensor)]}"
         if reason is None:
