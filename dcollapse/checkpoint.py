@@ -109,6 +109,8 @@ def resume_problem(resume: Any, weights: dict[str, torch.Tensor]) -> str | None:
     shapes = {key: tuple(value.shape) for key, value in weights.items()}
     if {key: tuple(value.shape) for key, value in state.items()} != shapes:
         return "resume.state_dict does not have the names and shapes of state_dict"
+    if isinstance(optimizer, dict) and set(optimizer) == {"tables", "dense"}:  # --sparse-emb / --fused-update runs
+        optimizer = optimizer["dense"]  # (their tables' state is checked when the optimizer loads it)
     groups = optimizer.get("param_groups") if isinstance(optimizer, dict) else None
     if not (isinstance(groups, list) and isinstance(optimizer.get("state"), dict)
             and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups)):  # fmt: skip

@@ -1,7 +1,8 @@
 """Suite-wide setup, before anything imports torch or triton.
 
-Triton kernels run under the interpreter on CPU; each pytest-xdist worker uses one thread (two workers on two
-cores would otherwise oversubscribe them).
+Triton kernels run under the interpreter on CPU unless ``TRITON_INTERPRET=0`` is set (on a CUDA machine: then the
+kernel tests run on the GPU, see the ``device`` fixture); each pytest-xdist worker uses one thread (two workers on
+two cores would otherwise oversubscribe them).
 """
 
 import os
@@ -9,3 +10,15 @@ import os
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402  (after the environment above)
+
+
+@pytest.fixture(scope="session")
+def device():
+    """Where kernel tests build their inputs: CUDA when present and the interpreter is off, else the CPU (the
+    Triton interpreter)."""
+    import torch
+
+    interpreting = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return torch.device("cuda" if torch.cuda.is_available() and not interpreting else "cpu")
