@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.text import Text
 
+from dcollapse import config
 from dcollapse.cli.common import err, handles_errors, out, print_json, progress
 from dcollapse.cli.render import report_table
 from dcollapse.cli.report import render_compare
-from dcollapse.cli.train import parse_widths
 from dcollapse.errors import CheckFailed
 
 if TYPE_CHECKING:
@@ -20,20 +20,42 @@ if TYPE_CHECKING:
 
 @handles_errors
 def sweep_command(
-    data_dir: Path = typer.Argument(..., help="Preprocessed dataset directory (meta.json + Parquet splits)."),
-    grid: str = typer.Option(
-        "paper", "--grid", help="paper (FM, CrossNet x none/parallel/stacked) | ablation (DNN parts) | FILE.toml."
+    data_dir: Path = typer.Argument(
+        ..., metavar="DATA_DIR", help="Preprocessed dataset directory (meta.json + Parquet splits)."
     ),
-    runs_dir: Path = typer.Option(..., "--out", "-o", help="Directory for the runs' checkpoints and the summary."),
-    seeds: int = typer.Option(1, "--seeds", help="Repeat every grid entry with seeds 0..N-1 (mean ± std)."),
-    epochs: int | None = typer.Option(None, "--epochs", help="Override the maximum epochs of every run."),
-    patience: int | None = typer.Option(None, "--patience", help="Override early-stopping patience (0 = off)."),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Override the batch size of every run."),
-    emb_dim: int | None = typer.Option(None, "--emb-dim", help="Override the embedding size of every run."),
-    dnn: str | None = typer.Option(None, "--dnn", help="Override the DNN widths of every run, e.g. 64,64."),
-    device: str | None = typer.Option(None, "--device", help="cpu | cuda | auto for every run."),
-    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads for torch (default: torch's)."),
-    title: str | None = typer.Option(None, "--title", help="Title of summary.md and the plots (default: the grid)."),
+    grid: str = typer.Option(
+        "paper", "--grid", metavar="NAME|FILE",
+        help="paper (FM, CrossNet x none/parallel/stacked) | ablation (DNN parts) | FILE.toml.",
+    ),
+    runs_dir: Path = typer.Option(
+        ..., "--out", "-o", metavar="RUNS_DIR", help="Directory for the runs' checkpoints and the summary."
+    ),
+    seeds: int = typer.Option(
+        1, "--seeds", metavar="INT", help="Repeat every grid entry with seeds 0..N-1 (mean ± std)."
+    ),
+    epochs: str | None = typer.Option(
+        None, "--epochs", metavar="INT", help="Override the maximum epochs of every run."
+    ),
+    patience: str | None = typer.Option(
+        None, "--patience", metavar="INT", help="Override early-stopping patience (0 = off)."
+    ),
+    batch_size: str | None = typer.Option(
+        None, "--batch-size", metavar="INT", help="Override the batch size of every run."
+    ),
+    emb_dim: str | None = typer.Option(
+        None, "--emb-dim", metavar="INT", help="Override the embedding size of every run."
+    ),
+    dnn: str | None = typer.Option(
+        None, "--dnn", metavar="W,W,...", help="Override the DNN widths of every run, e.g. 64,64."
+    ),
+    device: str | None = typer.Option(None, "--device", metavar="NAME", help="cpu | cuda | auto for every run."),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1, metavar="INT",
+        help="Torch CPU threads. Default: OMP_NUM_THREADS when set, else the CPUs the load average leaves idle.",
+    ),
+    title: str | None = typer.Option(
+        None, "--title", metavar="TEXT", help="Title of summary.md and the plots (default: the grid)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON document instead of tables."),
 ) -> None:
     """Train every entry of a grid with N seeds, one run after another; a restarted sweep skips finished runs.
@@ -48,23 +70,16 @@ def sweep_command(
 
     from dcollapse import sweep
     from dcollapse.data.dataset import load_meta
+    from dcollapse.train import default_threads
 
-    overrides: dict[str, Any] = {
-        key: value
-        for key, value in {
-            "epochs": epochs,
-            "patience": patience,
-            "batch_size": batch_size,
-            "emb_dim": emb_dim,
-            "dnn": parse_widths(dnn) if dnn is not None else None,
-            "device": device,
-        }.items()
-        if value is not None
-    }
+    given = {"epochs": epochs, "patience": patience, "batch_size": batch_size, "emb_dim": emb_dim, "dnn": dnn}
+    given["device"] = device
+    overrides = config.Options(
+        {key: value for key, value in given.items() if value is not None}, {key: config.flag(key) for key in given}
+    )
     specs = sweep.plan(sweep.load_grid(grid), seeds, overrides)
     load_meta(data_dir)  # a bad dataset directory is reported before the progress bar starts
-    if threads is not None:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads or default_threads())
 
     bar = progress(transient=False)
     with bar:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -9,152 +12,143 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from dcollapse import io
+from dcollapse import config
 from dcollapse.cli.common import check_dataset, err, handles_errors, out, print_json, progress
 from dcollapse.cli.launch import hold_output, records_rank_failures, relaunch
 from dcollapse.errors import UserError
 
 RESUMABLE = ("epochs", "patience", "device")  # what may change when a run is resumed
+SPLITS = ("train", "valid", "test")
 
 
-def parse_widths(text: str) -> list[int]:
-    """``"400,400,400"`` -> [400, 400, 400] (``""`` or ``"none"`` -> [])."""
-    if text.strip().lower() in ("", "none"):
-        return []
-    try:
-        return [int(part) for part in text.split(",")]
-    except ValueError:
-        raise UserError(f"--dnn: expected comma-separated layer widths like 400,400,400, got {text!r}") from None
+def config_option(key: str) -> inspect.Parameter:
+    """The command-line option of config key ``key``, from its field in :mod:`dcollapse.config`. Values come in as
+    text (``--emb-dim 8``) and are parsed by the config's own rules, so the command line, --config files and sweep
+    grids accept and refuse the same values with the same messages; flags are ``--x/--no-x``."""
+    rule, kind = config.rule(key), config.FIELDS[key][1]
+    default = config.default(key)
+    shown = ",".join(map(str, default)) or "none" if isinstance(default, list) else str(default).lower()
+    help = rule.help if "Default:" in rule.help else f"{rule.help} Default: {shown}."
+    if kind is bool:
+        no = "--no-" + key.replace("_", "-")
+        option = typer.Option(None, f"{config.flag(key)}/{no}", help=help, metavar="", rich_help_panel=rule.panel)
+        return inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=bool | None)
+    option = typer.Option(None, config.flag(key), help=help, metavar=rule.metavar, rich_help_panel=rule.panel)
+    return inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=str | None)
 
 
-def read_config(path: Path) -> dict[str, Any]:
-    """Options from a TOML file (keys as the long option names, dashes or underscores)."""
-    options = {key.replace("-", "_"): value for key, value in io.read_toml(path, "config").items()}
-    if isinstance(options.get("dnn"), str):
-        options["dnn"] = parse_widths(options["dnn"])
-    if isinstance(options.get("track"), str):
-        options["track"] = parse_names(options["track"])
-    return options
+def with_config_options(fn: Callable[..., None]) -> Callable[..., None]:
+    """``fn(..., **options)`` as a command whose signature also has every config option (see :func:`config_option`),
+    all parameters sorted into the --help panels of :data:`dcollapse.config.PANELS`; ``fn`` gets the config options
+    in ``options`` (None where not given)."""
+    own = [p for p in inspect.signature(fn).parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    hints = typing.get_type_hints(fn)
+    own = [p.replace(annotation=hints.get(p.name, p.annotation), kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
+    params = [*own, *(config_option(key) for key in config.FIELDS)]
+
+    def panel(p: inspect.Parameter) -> int:
+        name = getattr(p.default, "rich_help_panel", None)
+        return config.PANELS.index(name) if name in config.PANELS else -1
+
+    arguments = [p for p in params if isinstance(p.default, typer.models.ArgumentInfo) or p.name == "ctx"]
+    options = sorted((p for p in params if p not in arguments), key=panel)
+    fn.__signature__ = inspect.Signature([*arguments, *options])  # type: ignore[attr-defined]
+    return fn
 
 
-def parse_names(text: str) -> list[str]:
-    """``"richness"`` or ``"a,b"`` -> ["a", "b"] (``""`` -> [])."""
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
+@with_config_options
 def train_command(
     ctx: typer.Context,
-    data_dir: Path | None = typer.Argument(None, help="Preprocessed dataset directory (meta.json + Parquet splits)."),
-    out_path: Path | None = typer.Option(None, "--out", "-o", help="Checkpoint to write (default: the --resume file)."),
-    model: str | None = typer.Option(None, help="Interaction: fm | crossnet | dot. Default: fm."),
-    arch: str | None = typer.Option(None, help="DNN placement: none | parallel | stacked. Default: none."),
-    style: str | None = typer.Option(None, help="paper (the source paper's code) | textbook. Default: paper."),
-    emb_dim: int | None = typer.Option(None, help="Embedding size per field (per set). Default: 16."),
-    num_sets: int | None = typer.Option(None, help="Multi-embedding: independent embedding sets. Default: 1."),
-    dnn: str | None = typer.Option(None, help="DNN hidden widths, comma-separated. Default: 400,400,400."),
-    activation: str | None = typer.Option(None, help="relu | gelu | identity (a linear DNN). Default: relu."),
-    norm: str | None = typer.Option(None, help="DNN normalisation: none | batch | layer. Default: none."),
-    dropout: float | None = typer.Option(None, help="DNN dropout probability. Default: 0."),
-    residual: bool | None = typer.Option(None, "--residual/--no-residual", help="Skip connections in the DNN."),
-    cross_layers: int | None = typer.Option(None, help="CrossNet layers. Default: 3."),
-    cross_rank: int | None = typer.Option(None, help="CrossNet weight rank, 0 = full. Default: 0."),
-    epochs: int | None = typer.Option(None, help="Maximum epochs. Default: 100."),
-    batch_size: int | None = typer.Option(None, help="Training batch size. Default: 1024."),
-    lr: float | None = typer.Option(None, help="Learning rate. Default: 0.001."),
-    optimizer: str | None = typer.Option(None, help="adam | adagrad | sgd. Default: adam."),
-    l2_emb: float | None = typer.Option(
-        None, help="L2 penalty on the embedding tables (with --sparse-emb: on the rows of each batch only). Default: 0."
+    data_dir: Path | None = typer.Argument(
+        None, metavar="DATA_DIR", help="Preprocessed dataset directory (meta.json + Parquet splits)."
     ),
-    sparse_emb: bool | None = typer.Option(
-        None,
-        "--sparse-emb/--no-sparse-emb",
-        help="Sparse table gradients: update only the embedding rows each batch reads (faster with large tables). "
-        "With --optimizer adam the tables use lazy Adam (torch SparseAdam: moments of absent rows are not decayed), "
-        "which is NOT the paper's dense Adam; adagrad and sgd give the dense result. One process only. "
-        "Default: dense.",
+    config_file: Path | None = typer.Option(
+        None, "--config", metavar="FILE", rich_help_panel=config.DATA,
+        help="TOML file with any of these options (keys as the long option names, dashes or underscores).",
     ),
-    compile: bool | None = typer.Option(
-        None,
-        "--compile/--no-compile",
-        help="torch.compile the training steps (fused C++ loops on the CPU; the first steps compile for seconds "
-        "and need a C++ compiler). Same math, float rounding may differ. Default: off.",
+    out_path: Path | None = typer.Option(
+        None, "--out", "-o", metavar="CHECKPOINT", rich_help_panel=config.CHECKPOINTS,
+        help="Checkpoint to write (default: the --resume file).",
     ),
-    patience: int | None = typer.Option(
-        None, help="Early stopping: epochs without a better valid AUC, 0 = off. Default: 2."
+    resume: Path | None = typer.Option(
+        None, metavar="CHECKPOINT", rich_help_panel=config.CHECKPOINTS,
+        help="Continue the run saved in this checkpoint, with its options (--epochs, --patience and --device may "
+        "change).",
     ),
-    seed: int | None = typer.Option(None, help="Random seed (same seed, same run on CPU). Default: 0."),
-    device: str | None = typer.Option(None, help="cpu | cuda | auto. Default: auto."),
-    snapshot_rows: int | None = typer.Option(None, help="Valid rows in the per-epoch RankMe batch. Default: 50000."),
-    chunk_rows: int | None = typer.Option(
-        None, help="Stream the train split from Parquet in chunks of this many rows (for splits larger than memory)."
+    save_every_epoch: bool | None = typer.Option(
+        None, "--save-every-epoch/--no-save-every-epoch", metavar="", rich_help_panel=config.CHECKPOINTS,
+        help="Also keep OUT.epochN.pt after every epoch. Default: off (on --resume: as the run did).",
     ),
-    config_file: Path | None = typer.Option(None, "--config", help="TOML file with any of these options."),
-    resume: Path | None = typer.Option(None, help="Continue the run saved in this checkpoint."),
-    save_every_epoch: bool = typer.Option(False, help="Also keep OUT.epochN.pt after every epoch."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out checkpoint."),
-    track: str | None = typer.Option(
-        None, help="Extra per-epoch diagnostics in the history, comma-separated: richness (D_LR and NC1)."
+    overwrite: bool = typer.Option(
+        False, "--overwrite", metavar="", rich_help_panel=config.CHECKPOINTS,
+        help="Replace an existing --out checkpoint.",
+    ),
+    threads: int | None = typer.Option(
+        None, min=1, metavar="INT", rich_help_panel=config.SPEED,
+        help="Torch CPU threads per process. Default: OMP_NUM_THREADS when set, else the CPUs the load average "
+        "leaves idle, shared by the --nproc processes (a thread per core on a busy machine is many times slower). "
+        "Runs are bitwise the same for the same --seed and --threads.",
     ),
     tensorboard: Path | None = typer.Option(
-        None, "--tensorboard", metavar="DIR",
+        None, "--tensorboard", metavar="DIR", rich_help_panel=config.CHECKPOINTS,
         help="Also write TensorBoard logs to DIR: per-epoch train loss, valid AUC/logloss, RankMe, mean/min/per-field "
         "IA and the batch spectrum (needs the tensorboard extra).",
     ),
     nproc: int = typer.Option(
-        1,
-        min=1,
+        1, min=1, metavar="INT", rich_help_panel=config.SPEED,
         help="Data-parallel processes on this machine (torch.distributed); --batch-size stays the global "
         "batch. Same as torchrun --nproc-per-node N -m dcollapse train ...",
     ),
+    **options: Any,
 ) -> None:
     """Train a feature-interaction model; the checkpoint holds the best-by-valid-AUC weights and the history.
 
     Options come from the defaults, then --config FILE.toml, then the command line (which wins).
 
-    Example: dcollapse train data/criteo --model fm --arch parallel --epochs 2 --out runs/deepfm.pt
+    --model also takes model-zoo names (deepfm, nfm, dcnv2, dlrm, ipnn, ...) for a model and its --arch.
+
+    Example: dcollapse train data/criteo --model deepfm --epochs 2 --out runs/deepfm.pt
     """
-    given = {key: value for key, value in locals().items() if value is not None}  # first: only options here
-    given.pop("save_every_epoch"), given.pop("overwrite")
-    for key in ("ctx", "data_dir", "out_path", "config_file", "resume", "nproc", "tensorboard"):
-        given.pop(key, None)
-    if isinstance(given.get("dnn"), str):
-        given["dnn"] = parse_widths(given["dnn"])
-    if isinstance(given.get("track"), str):
-        given["track"] = parse_names(given["track"])
-    options = {**(read_config(config_file) if config_file else {}), **given}
+    given = config.merged(
+        config.read_config_file(config_file) if config_file else {},
+        config.Options({k: v for k, v in options.items() if v is not None}, {k: config.flag(k) for k in options}),
+    )
+
+    import torch
 
     from dcollapse import checkpoint
     from dcollapse.distributed import from_env, world_size
-    from dcollapse.train import check_world, full_config, train
+    from dcollapse.train import check_world, default_threads, train
 
     previous = None
     if resume is not None:
         previous = checkpoint.load(resume)
         if "resume" not in previous:
             raise UserError(f"{resume}: this checkpoint has no resume state (it is an epoch snapshot)")
-        changed = sorted(k for k in options if k not in RESUMABLE and options[k] != previous["config"].get(k))
+        before = previous["config"]
+        run_config = config.full_config(config.merged(before, given))
+        changed = [given.name(k) for k in given if k not in RESUMABLE and run_config[k] != before.get(k)]
         if changed:
-            raise UserError(f"--resume keeps the run's settings; cannot change {', '.join(changed)}")
-        options = {**previous["config"], **options}
+            raise UserError(f"--resume keeps the run's settings; cannot change {', '.join(dict.fromkeys(changed))}")
         data_dir = data_dir or Path(previous["data"]["path"])
         out_path = out_path or resume
+    else:
+        run_config = config.full_config(given)
     if data_dir is None or out_path is None:
         raise UserError("give DATA_DIR and --out (or --resume run.pt)")
     hold_output(ctx, out_path)  # one run writes a checkpoint at a time; an unwritable place fails before training
     continues = resume is not None and out_path.resolve() == resume.resolve()
     if out_path.is_file() and not (overwrite or continues):
         raise UserError(f"{out_path}: already exists (pass --overwrite to replace it, or --resume to continue it)")
-    config = full_config(options)
-    check_world(config, max(nproc, world_size()))
+    check_world(run_config, max(nproc, world_size()))
+    torch.set_num_threads(threads or default_threads(max(nproc, world_size())))
     if nproc > 1:
         relaunch(ctx, nproc)
         return
-    parallel = from_env(config["device"])  # one rank of a torchrun/--nproc run, or the only process
+    parallel = from_env(run_config["device"])  # one rank of a torchrun/--nproc run, or the only process
+    run = {"resume": previous, "save_every_epoch": save_every_epoch, "parallel": parallel, "tensorboard": tensorboard}
     if not parallel.is_main:  # the other ranks train silently: rank 0 reports
-        train(
-            data_dir, config, out_path, resume=previous, save_every_epoch=save_every_epoch, parallel=parallel,
-            tensorboard=tensorboard,
-        )  # fmt: skip
+        train(data_dir, run_config, out_path, **run)
         return
 
     bar = progress(transient=True)
@@ -175,10 +169,7 @@ def train_command(
             )
 
         try:
-            result = train(
-                data_dir, config, out_path, resume=previous, save_every_epoch=save_every_epoch,
-                on_step=on_step, on_epoch=on_epoch, parallel=parallel, tensorboard=tensorboard,
-            )  # fmt: skip
+            result = train(data_dir, run_config, out_path, on_step=on_step, on_epoch=on_epoch, **run)
         except KeyboardInterrupt:
             kept = f"{out_path} holds the best model so far" if out_path.exists() else "no epoch finished"
             err.print(f"interrupted: {kept}")
@@ -190,17 +181,21 @@ def train_command(
     best = result["history"][result["best_epoch"] - 1]
     test = result["test"] or {}
     table.add_row(
-        config["model"], config["arch"], str(result["best_epoch"]), f"{best['valid_auc']:.4f}",
+        run_config["model"], run_config["arch"], str(result["best_epoch"]), f"{best['valid_auc']:.4f}",
         f"{test['auc']:.4f}" if test else "-", f"{test['logloss']:.4f}" if test else "-",
     )  # fmt: skip
     out.print(table)
 
 
 def eval_command(
-    run: Path = typer.Argument(..., help="Checkpoint written by `dcollapse train`."),
-    data_dir: Path | None = typer.Argument(None, help="Dataset directory (default: the one the run was trained on)."),
-    data: Path | None = typer.Option(None, "--data", help="Same as DATA_DIR, as the report commands spell it."),
-    split: str = typer.Option("test", help="Split to evaluate: train | valid | test."),
+    run: Path = typer.Argument(..., metavar="CHECKPOINT", help="Checkpoint written by `dcollapse train`."),
+    data_dir: Path | None = typer.Argument(
+        None, metavar="DATA_DIR", help="Dataset directory (default: the one the run was trained on)."
+    ),
+    data: Path | None = typer.Option(
+        None, "--data", metavar="DATA_DIR", help="Same as DATA_DIR, as the report commands spell it."
+    ),
+    split: str = typer.Option("test", metavar="NAME", help="Split to evaluate: train | valid | test."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
 ) -> None:
     """AUC and logloss of a trained checkpoint on one split of a dataset.
@@ -212,6 +207,8 @@ def eval_command(
     from dcollapse.models import load_model
     from dcollapse.train import evaluate
 
+    if split not in SPLITS:
+        raise config.choice_error("--split", split, SPLITS)
     ckpt = checkpoint.load(run)
     if ckpt.get("kind", "ctr") != "ctr":
         raise UserError(f"{run}: not a CTR model checkpoint (kind {ckpt.get('kind')!r})")

@@ -185,9 +185,13 @@ def _alive(pid: int) -> bool:
 def read_toml(path: Path, kind: str) -> dict[str, Any]:
     """The table of a TOML file; a missing or malformed file is a one-line :class:`UserError` (``kind``: its role)."""
     try:
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{path}: no such {kind} file") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a directory, not a {kind} file") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not a TOML {kind} file (not UTF-8 text: byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: invalid TOML ({exc})") from None
 

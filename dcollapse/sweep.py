@@ -1,7 +1,7 @@
 """Sweeps: a grid of training configs x seeds, run one after another in-process, resumable, summarised.
 
 A grid is an ordered mapping ``name -> config`` (``dcollapse train`` options). :func:`plan` expands it with seeds
-into :class:`RunSpec` s (``<name>-s<seed>``), fills in every option with :func:`dcollapse.train.full_config` and
+into :class:`RunSpec` s (``<name>-s<seed>``), fills in and checks every option with :mod:`dcollapse.config` and
 checks ``RUNS_DIR`` against it; :func:`run_sweep` trains the runs still to do and writes, per run,
 
 - ``RUNS_DIR/<run>.pt``: the checkpoint of ``dcollapse train`` (resumed when a run was interrupted);
@@ -27,12 +27,13 @@ from typing import Any
 import numpy as np
 
 from dcollapse import checkpoint, plots
+from dcollapse.config import Options, did_you_mean, full_config, merged, toml_options
 from dcollapse.data.dataset import load_meta, load_split
 from dcollapse.errors import UserError
 from dcollapse.io import atomic_path, read_toml
 from dcollapse.metrics import collapse
 from dcollapse.models import load_model
-from dcollapse.train import full_config, train
+from dcollapse.train import train
 
 # The paper's settings (SPEC-collapse: emb 10, 3 cross layers, MLP [400,400,400]-[500,500,500], dropout 0.1,
 # Adam 1e-3, early stopping patience 2, L2 on embeddings 5e-6 (FM) / 1e-5 (DCNv2)) scaled to samples of 10^4-10^5
@@ -89,7 +90,8 @@ GRIDS: dict[str, Callable[[], dict[str, dict[str, Any]]]] = {"paper": paper_grid
 
 
 def read_grid_file(path: Path) -> dict[str, dict[str, Any]]:
-    """A grid from TOML: an optional ``[base]`` table applied to every run, and one ``[runs.<name>]`` table per run.
+    """A grid from TOML: an optional ``[base]`` table applied to every run, and one ``[runs.<name>]`` table per run
+    (option keys with dashes or underscores; a bad value is named by its file, line and key).
 
     Example::
 
@@ -115,7 +117,11 @@ def read_grid_file(path: Path) -> dict[str, dict[str, Any]]:
     for name, options in runs.items():
         if not isinstance(options, dict):
             raise UserError(f"{path}: runs.{name} must be a table of options")
-    return {name: {**base, **options} for name, options in runs.items()}
+    base_options = toml_options(path, base, ("base",))
+    return {
+        name: merged(base_options, toml_options(path, options, ("runs", name)))
+        for name, options in runs.items()
+    }
 
 
 def load_grid(grid: str) -> dict[str, dict[str, Any]]:
@@ -124,7 +130,8 @@ def load_grid(grid: str) -> dict[str, dict[str, Any]]:
         return GRIDS[grid]()
     path = Path(grid)
     if path.suffix.lower() != ".toml":
-        raise UserError(f"--grid must be one of {', '.join(GRIDS)} or a .toml grid file, not {grid!r}")
+        hint = did_you_mean(grid, GRIDS)
+        raise UserError(f"--grid must be one of {', '.join(GRIDS)} or a .toml grid file, not {grid!r}{hint}")
     return read_grid_file(path)
 
 
@@ -157,10 +164,10 @@ def plan(
             raise UserError(f"grid entry {group}: 'seed' is set by --seeds, remove it from the grid")
         for seed in range(seeds):
             try:
-                config = full_config({**options, **(overrides or {}), "seed": seed})
-            except UserError as exc:
-                raise UserError(f"grid entry {group}: {exc}") from None
-            specs.append(RunSpec(run_name(group, seed), group, seed, config))
+                run_config = full_config(merged(options, overrides or {}, {"seed": seed}))
+            except UserError as exc:  # options from a grid file are named by file, line and key already
+                raise exc if isinstance(options, Options) else UserError(f"grid entry {group}: {exc}") from None
+            specs.append(RunSpec(run_name(group, seed), group, seed, run_config))
     return specs
 
 

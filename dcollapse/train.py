@@ -16,6 +16,7 @@ draws its shuffle and dropout randomness from ``(seed, epoch)`` alone.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -29,31 +30,16 @@ from sklearn.metrics import log_loss, roc_auc_score
 from torch.nn import functional
 
 from dcollapse import checkpoint
+from dcollapse.config import full_config
 from dcollapse.data.dataset import Split, load_meta, load_split, split_tensors
+from dcollapse.device import pick_device
 from dcollapse.diagnostics.richness import richness_snapshot
 from dcollapse.errors import UserError
 from dcollapse.metrics.spectrum import field_singular_values, information_abundance, rankme, singular_values
-from dcollapse.models import CTRModel, build_model, model_config
+from dcollapse.models import CTRModel, build_model
 from dcollapse.models.embedding import FusedTableOptimizer
 from dcollapse.monitor import TrainingBoard
 
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "epochs": 100,  # the paper's cap; early stopping usually ends a run far sooner
-    "batch_size": 1024,  # the paper: 4096 (Criteo), 10000 (Avazu), on tens of millions of rows
-    "lr": 1e-3,
-    "optimizer": "adam",
-    "l2_emb": 0.0,
-    "sparse_emb": False,  # sparse table gradients, only the rows of a batch updated (lazy Adam with adam)
-    "fused_update": False,  # the tables updated inside the backward, rows read only (lazy Adam with adam)
-    "compile": False,  # torch.compile the training forward and backward (Inductor: C++ on the CPU, Triton on CUDA)
-    "patience": 2,  # epochs without a better validation AUC before stopping; 0 = never stop early
-    "seed": 0,
-    "device": "auto",
-    "snapshot_rows": 50_000,  # rows of the fixed validation batch for RankMe
-    "chunk_rows": 0,  # > 0: stream the train split from Parquet in chunks of this many rows (larger than memory)
-    "track": [],  # extra per-epoch diagnostics on the snapshot batch: "richness" (D_LR, NC1 of the last hidden layer)
-}
-TRACKABLE = ("richness",)
 OPTIMIZERS = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
 # sparse_emb: the tables' optimizer. SparseAdam is lazy Adam (rows absent from a batch keep their moments undecayed,
 # unlike dense Adam); Adagrad and SGD without momentum leave a row with a zero gradient unchanged, so they are exact.
@@ -62,37 +48,37 @@ SNAPSHOT_SEED = 0  # the collapse-snapshot batch is the same for every run on a 
 EVAL_BATCH = 65_536
 
 
-def full_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Every option (model and training), defaults filled in and validated; unknown keys raise a UserError."""
-    unknown = sorted(set(config) - set(TRAIN_DEFAULTS) - set(model_config({})))
-    if unknown:
-        raise UserError(f"unknown config option(s): {', '.join(unknown)}")
-    c = {**model_config(config), **{key: config.get(key, default) for key, default in TRAIN_DEFAULTS.items()}}
-    if c["optimizer"] not in OPTIMIZERS:
-        raise UserError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {c['optimizer']!r}")
-    if c["device"] not in ("auto", "cpu", "cuda"):
-        raise UserError(f"device must be auto, cpu or cuda, not {c['device']!r}")
-    for key in ("sparse_emb", "fused_update", "compile"):
-        if not isinstance(c[key], bool):
-            raise UserError(f"{key} must be true or false, not {c[key]!r}")
-    if int(c["chunk_rows"]) < 0:
-        raise UserError(f"chunk_rows must be >= 0 (0 = load the whole train split), not {c['chunk_rows']}")
-    for key in ("epochs", "batch_size", "snapshot_rows"):
-        if int(c[key]) < 1:
-            raise UserError(f"{key} must be >= 1, not {c[key]}")
-    if float(c["lr"]) <= 0 or float(c["l2_emb"]) < 0 or int(c["patience"]) < 0:
-        raise UserError("need lr > 0, l2_emb >= 0 and patience >= 0")
-    c["track"] = list(c["track"])
-    if set(c["track"]) - set(TRACKABLE):
-        raise UserError(f"track: can follow {', '.join(TRACKABLE)} per epoch, not {', '.join(c['track'])}")
-    return c
+def default_threads(processes: int = 1) -> int:
+    """Torch CPU threads for each of ``processes`` training processes on this machine: ``OMP_NUM_THREADS`` when it
+    is set, else the CPUs this process may run on that other work leaves idle (by the 1-minute load average),
+    shared among the processes; at least 1. Torch's own default, a thread per core whatever the load, makes the
+    threads wait on each other on a busy machine (measured 5-8k instead of 316k samples/s)."""
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    if omp.isdigit() and int(omp) > 0:
+        return int(omp)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    idle = cpus - (os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0)
+    return max(1, min(cpus, round(idle)) // max(1, processes))
 
 
-def pick_device(name: str) -> torch.device:
-    """``auto`` = CUDA when available, else CPU."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device cuda requested but no CUDA device is available")
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+def check_model_fits(config: dict[str, Any], meta: dict[str, Any], device: torch.device) -> None:
+    """Refuse a model whose weights, gradients and two optimizer moments (4 x 4 bytes a parameter) exceed the
+    memory of ``device`` (the machine's RAM for the CPU), before anything is allocated: the model is built on
+    torch's meta device, which only counts."""
+    with torch.device("meta"):
+        model = build_model(config, meta)
+    params = sum(p.numel() for p in model.parameters())
+    need = 16 * params
+    if device.type == "cuda":
+        have = torch.cuda.get_device_properties(device).total_memory
+    else:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:
+        raise UserError(
+            f"the model has {params:.3g} parameters, {need / 2**30:,.0f} GiB with gradients and optimizer state: "
+            f"more than the {have / 2**30:,.0f} GiB of {device.type} memory here; use a smaller --emb-dim, "
+            "--num-sets or --dnn (or a dataset with fewer ids)"
+        )
 
 
 def make_optimizer(model: CTRModel, config: dict[str, Any]) -> torch.optim.Optimizer | SparseTableOptimizer:
@@ -193,7 +179,32 @@ def train_step(model: CTRModel, optimizer: torch.optim.Optimizer, ids: torch.Ten
 
 
 class Diverged(UserError):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN or infinite, or rose far above its starting value (see :class:`LossGuard`)."""
+
+
+DIVERGENCE_FACTOR = 100.0
+
+
+@dataclass
+class LossGuard:
+    """Stops a run whose training loss is NaN or infinite, or more than :data:`DIVERGENCE_FACTOR` times its
+    starting value: the first step's loss of this call of :func:`train`, taken as at least ln 2 (the loss of
+    predicting 0.5), so the limit is never below 69. A finite explosion (lr too large) ends there instead of
+    writing a checkpoint of a loss of 1e18."""
+
+    start: float = math.nan
+
+    def check(self, loss: float, epoch: int, step: int) -> None:
+        where = f"at epoch {epoch}, step {step}; try a smaller lr"
+        if not math.isfinite(loss):
+            raise Diverged(f"training loss became {loss} {where}")
+        if math.isnan(self.start):
+            self.start = loss
+        if loss > DIVERGENCE_FACTOR * max(self.start, math.log(2)):
+            raise Diverged(
+                f"training loss rose to {loss:.3g}, over {DIVERGENCE_FACTOR:g}x its starting value "
+                f"{self.start:.3g}, {where}"
+            )
 
 
 class SingleProcess:
@@ -237,10 +248,13 @@ def train_epoch(
     steps: int,
     on_step: Callable[[int, int, int, float], None] | None = None,
     parallel: SingleProcess = ONE_PROCESS,
+    guard: LossGuard | None = None,
 ) -> float:
     """One pass over the training rows, chunk by chunk (one chunk = the whole split when it is in memory), each
     chunk in a random order; ``steps`` = the number of batches, for progress. Returns the mean training loss
-    (of this process's rows; ``parallel`` picks them)."""
+    (of this process's rows; ``parallel`` picks them). ``guard`` checks every step's loss (a fresh
+    :class:`LossGuard` when not given)."""
+    guard = guard or LossGuard()
     model.train()
     total, rows_seen, step = 0.0, 0, 0
     for chunk in chunks:
@@ -248,8 +262,7 @@ def train_epoch(
         for rows in parallel.batches(order, batch_size):
             loss = train_step(model, optimizer, chunk.ids[rows], chunk.labels[rows])
             step += 1
-            if not math.isfinite(loss):
-                raise Diverged(f"training loss became {loss} at epoch {epoch}, step {step}; try a smaller lr")
+            guard.check(loss, epoch, step)
             total, rows_seen = total + loss * len(rows), rows_seen + len(rows)
             if on_step is not None:
                 on_step(epoch, step, steps, loss)
@@ -343,7 +356,7 @@ def train(
     out: str | Path,
     *,
     resume: dict[str, Any] | None = None,
-    save_every_epoch: bool = False,
+    save_every_epoch: bool | None = None,
     on_step: Callable[[int, int, int, float], None] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     parallel: SingleProcess = ONE_PROCESS,
@@ -352,7 +365,8 @@ def train(
     """Train, checkpointing to ``out`` after every epoch; returns the final checkpoint dict.
 
     ``resume``: a checkpoint dict from an earlier run of the same config and data; training continues after its
-    last completed epoch. ``on_step(epoch, step, steps, loss)`` and ``on_epoch(history_entry)`` report progress.
+    last completed epoch, keeping its ``save_every_epoch`` unless one is given (default: off).
+    ``on_step(epoch, step, steps, loss)`` and ``on_epoch(history_entry)`` report progress.
     A KeyboardInterrupt leaves the checkpoint of the last completed epoch (best weights so far) in ``out``.
     ``parallel``: this process's rank in a data-parallel run (``dcollapse.distributed.from_env``); only the main
     rank writes checkpoints. ``tensorboard``: a directory for per-epoch TensorBoard scalars and the batch spectrum
@@ -370,6 +384,9 @@ def train(
         raise UserError(f"{data_dir}: training needs a train and a valid split (have: {', '.join(meta['splits'])})")
     if resume is not None and resume.get("data", {}).get("hash") != meta.get("input_hash"):
         raise UserError(f"{data_dir}: not the dataset the resumed run was trained on (input hash differs)")
+    if save_every_epoch is None:
+        save_every_epoch = bool(resume is not None and resume["resume"].get("save_every_epoch", False))
+    check_model_fits(config, meta, device)
     chunk_rows = int(config["chunk_rows"])  # > 0: stream the train split from Parquet instead of loading it
     splits = {
         name: Split(s.ids.to(device), s.labels.to(device))
@@ -407,6 +424,7 @@ def train(
                 "state_dict": cpu_state(model),
                 "optimizer": optimizer.state_dict(),
                 "progress": vars(progress).copy(),
+                "save_every_epoch": save_every_epoch,  # kept by a resume of this run
             }
         }
 
@@ -423,6 +441,7 @@ def train(
             "kind": "ctr",
         }
 
+    guard = LossGuard()
     fields = [f["name"] for f in meta["fields"]]
     board = TrainingBoard(tensorboard, fields) if tensorboard and parallel.is_main else None
     for epoch in range(progress.epoch + 1, int(config["epochs"]) + 1):
@@ -433,7 +452,7 @@ def train(
         chunks = parquet_chunks(data_dir, meta, chunk_rows, generator, device) if chunk_rows else [splits["train"]]
         try:
             loss = train_epoch(
-                trainer, optimizer, chunks, batch_size, generator, epoch, steps, on_step, parallel=parallel
+                trainer, optimizer, chunks, batch_size, generator, epoch, steps, on_step, parallel=parallel, guard=guard
             )
             train_loss = parallel.mean_loss(loss)
         except Diverged as exc:

@@ -13,10 +13,11 @@ import torch.nn.functional as F_nn
 from sklearn.metrics import log_loss, roc_auc_score
 
 from dcollapse import checkpoint
+from dcollapse.config import MODEL_DEFAULTS
 from dcollapse.data.dataset import load_meta, load_split
 from dcollapse.data.synth import write_ctr_dataset
 from dcollapse.metrics import collapse
-from dcollapse.models import MODEL_DEFAULTS, build_model
+from dcollapse.models import build_model
 
 VOCAB = [12, 40, 7, 60, 25]
 

@@ -64,8 +64,10 @@ def test_builtin_grids_expand_with_seeds():
 def test_grid_file_errors(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('[runs.x]\nmodel = "nope"\n')
-    with pytest.raises(UserError, match="grid entry x: model must be one of"):
+    with pytest.raises(UserError, match=r"bad.toml:2: runs.x.model must be one of .* not 'nope'$"):
         sweep.plan(sweep.load_grid(str(bad)), seeds=1)
+    with pytest.raises(UserError, match="grid entry x: model must be one of"):
+        sweep.plan({"x": {"model": "nope"}}, seeds=1)
     bad.write_text("[runz.x]\n")
     with pytest.raises(UserError, match="unknown top-level"):
         sweep.load_grid(str(bad))

@@ -3,11 +3,10 @@
 from dcollapse.models.embedding import FieldEmbedding
 from dcollapse.models.interactions import BiInteraction, CrossLayer, CrossNet, DotInteraction
 from dcollapse.models.mlp import MLP
-from dcollapse.models.model import MODEL_DEFAULTS, CTRModel, Head, build_model, load_model, model_config
+from dcollapse.models.model import CTRModel, Head, build_model, load_model, model_config
 
 __all__ = [
     "MLP",
-    "MODEL_DEFAULTS",
     "BiInteraction",
     "CTRModel",
     "CrossLayer",

@@ -23,33 +23,13 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from dcollapse.config import model_options
 from dcollapse.errors import UserError
 from dcollapse.kernels import lookup
 from dcollapse.models.embedding import FieldEmbedding
 from dcollapse.models.interactions import BiInteraction, CrossNet, DotInteraction
-from dcollapse.models.mlp import ACTIVATIONS, MLP, NORMS
+from dcollapse.models.mlp import MLP
 
-MODEL_DEFAULTS: dict[str, Any] = {
-    "model": "fm",
-    "arch": "none",
-    "emb_dim": 16,
-    "dnn": [400, 400, 400],
-    "activation": "relu",
-    "norm": "none",
-    "dropout": 0.0,
-    "residual": False,
-    "cross_layers": 3,
-    "cross_rank": 0,
-    "num_sets": 1,
-    "style": "paper",
-}
-CHOICES = {
-    "model": ("fm", "crossnet", "dot"),
-    "arch": ("none", "parallel", "stacked"),
-    "style": ("paper", "textbook"),
-    "activation": tuple(ACTIVATIONS),
-    "norm": tuple(NORMS),
-}
 DETACH = (None, "dnn", "interaction")
 
 
@@ -77,22 +57,9 @@ class Head(nn.Linear):
 
 
 def model_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The model keys of ``config`` with defaults filled in, validated (bad values raise a one-line UserError)."""
-    c = {key: config.get(key, default) for key, default in MODEL_DEFAULTS.items()}
-    for key, allowed in CHOICES.items():
-        if c[key] not in allowed:
-            raise UserError(f"{key} must be one of {', '.join(allowed)}, not {c[key]!r}")
-    c["dnn"] = [int(width) for width in c["dnn"]]
-    for key in ("emb_dim", "num_sets", "cross_layers"):
-        if int(c[key]) < 1:
-            raise UserError(f"{key} must be >= 1, not {c[key]}")
-    if int(c["cross_rank"]) < 0:
-        raise UserError(f"cross_rank must be >= 0 (0 = full rank), not {c['cross_rank']}")
-    if not 0.0 <= float(c["dropout"]) < 1.0:
-        raise UserError(f"dropout must be in [0, 1), not {c['dropout']}")
-    if c["arch"] != "none" and (not c["dnn"] or min(c["dnn"]) < 1):
-        raise UserError(f"arch {c['arch']} needs a DNN: give positive hidden widths, e.g. dnn = [400, 400, 400]")
-    return c
+    """The model keys of ``config`` with defaults filled in, checked by :mod:`dcollapse.config` (the one home of the
+    options; bad values raise a one-line UserError)."""
+    return model_options(config)
 
 
 class CTRModel(nn.Module):
@@ -217,7 +184,7 @@ def vocab_sizes(meta: dict[str, Any]) -> list[int]:
 
 
 def build_model(config: dict[str, Any], meta: dict[str, Any]) -> CTRModel:
-    """A freshly initialised model for ``config`` (missing model keys take :data:`MODEL_DEFAULTS`) and meta.json."""
+    """A freshly initialised model for ``config`` (missing model keys take their defaults) and meta.json."""
     return CTRModel(config, vocab_sizes(meta))
 
 
