@@ -312,14 +312,20 @@ def test_dcollapse_layout_of_a_live_model_keeps_its_offsets() -> None:
 # ---- readers --------------------------------------------------------------------------------------------------
 
 
-def test_dcollapse_checkpoint_gives_one_table_split_like_model_field_spectra(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint of a small FM trained one epoch in the `dcollapse train` format."""
     from _report_fixtures import make_dataset, make_run
 
+    directory = tmp_path_factory.mktemp("run")
+    return make_run(make_dataset(directory / "data", rows=600), directory / "run.pt", epochs=1)
+
+
+def test_dcollapse_checkpoint_gives_one_table_split_like_model_field_spectra(run: Path) -> None:
     from dcollapse import checkpoint
     from dcollapse.metrics.collapse import model_field_spectra
     from dcollapse.models import load_model
 
-    run = make_run(make_dataset(tmp_path / "data", rows=600), tmp_path / "run.pt", epochs=1)
     source = read_tables(run)
     assert (source.reader, source.layout) == ("dcollapse", "dcollapse") and source.checkpoint is not None
     (table,) = source.tables
@@ -498,3 +504,35 @@ def test_any_model_doc_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     for block in blocks:
         exec(compile(block, str(DOC), "exec"), {"__name__": "doc_example"})
     assert (tmp_path / "collapse.jsonl").read_text().count("\n") == 4  # steps 0, 50, 100, 150
+
+
+def test_live_checkpoint_dict_is_validated_like_a_file(run: Path) -> None:
+    from dcollapse import checkpoint
+
+    ckpt = checkpoint.load(run)
+    assert read_tables(ckpt).tables[0].fields == [f["name"] for f in ckpt["meta"]["fields"]]
+    broken = {**ckpt, "state_dict": {**ckpt["state_dict"], "embedding.table": torch.full((3, 2), float("nan"))}}
+    with pytest.raises(UserError, match="<checkpoint dict>: damaged checkpoint"):
+        read_tables(broken)
+    with pytest.raises(UserError, match="lacks history"):
+        read_tables({k: v for k, v in ckpt.items() if k != "history"})
+
+
+def test_cli_refusals_are_one_line_and_exit_2(tmp_path: Path) -> None:
+    """``dcollapse spectrum`` on each refused file: exit 2, one line naming the file, no traceback, nothing run."""
+    from typer.testing import CliRunner
+
+    from dcollapse.cli.app import app
+
+    marker = tmp_path / "was_run"
+    torch.save({"emb.weight": torch.ones(3, 2), "x": RunsCode(marker)}, tmp_path / "evil.pt")
+    torch.save(DeepCTR(), tmp_path / "whole.pth")
+    torch.save(DeepCTR().state_dict(), tmp_path / "cut.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "cut.pt").read_bytes()[:900])
+    torch.save({"bias": torch.zeros(4)}, tmp_path / "flat.pt")
+    for name in ("evil.pt", "whole.pth", "cut.pt", "flat.pt"):
+        result = CliRunner().invoke(app, ["spectrum", str(tmp_path / name)])
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert result.exit_code == 2, result.output
+        assert len(lines) == 1 and str(tmp_path / name) in lines[0] and "Traceback" not in result.output, lines
+    assert not marker.exists()

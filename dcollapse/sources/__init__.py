@@ -94,6 +94,12 @@ def _load(source: Any) -> tuple[Loaded, str | None, str]:
         where = f"<{type(source).__name__} module>"
         return Loaded("object", dict(source.state_dict())), None, where
     if isinstance(source, Mapping) and source.get("format") == "dcollapse.checkpoint":
+        from dcollapse import checkpoint
+
+        missing = [key for key in checkpoint.REQUIRED if key not in source]
+        problem = f"lacks {', '.join(missing)}" if missing else checkpoint.contents_problem(dict(source))
+        if problem:
+            raise UserError(f"<checkpoint dict>: damaged checkpoint: {problem}")
         return Loaded("dcollapse", {}, dict(source)), None, "<checkpoint dict>"
     if isinstance(source, torch.Tensor | Mapping):
         where = f"<{type(source).__name__}>"

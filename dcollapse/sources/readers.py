@@ -75,11 +75,12 @@ def _refusal(path: Path, exc: Exception) -> UserError:
 
 
 def read_torch(path: Path) -> Loaded:
-    """A ``torch.save`` file, read with ``weights_only=True``; a dcollapse checkpoint is validated and kept."""
+    """A ``torch.save`` file, read with ``weights_only=True`` (memory-mapped when it is a zip archive, so tensors
+    that are not tables are never read from disk); a dcollapse checkpoint is validated and kept."""
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols it then reads (or refuses) anyway
             warnings.simplefilter("ignore", UserWarning)
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
         raise _refusal(path, exc) from None
     except Exception as exc:  # noqa: BLE001  truncated zip, random bytes: torch fails in many ways
