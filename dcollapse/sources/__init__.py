@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from dcollapse.errors import UserError
-from dcollapse.sources.layouts import select, unfit_reason
+from dcollapse.sources.layouts import Layout, select, unfit_reason
 from dcollapse.sources.readers import Loaded, read_path, tensors_of
 from dcollapse.sources.tables import Candidate, EmbeddingTable, TableSource
 
@@ -125,6 +125,42 @@ def _apply_field_map(tables: list[EmbeddingTable], fmap: list[tuple[str, int | N
     return [f"{len(unmatched)} field-map features have no table ({', '.join(unmatched[:5])})"] if unmatched else []
 
 
+def _split_fields(
+    chosen: list[EmbeddingTable],
+    layout: Layout,
+    tensors: dict[str, torch.Tensor],
+    field_dims: list[int] | None,
+    fmap: list[tuple[str, int | None]] | None,
+    where: str,
+) -> list[str]:
+    """Give a concatenated table its fields (from ``field_dims``, the field map, or dcollapse's ``offsets`` buffer),
+    or check per-feature tables against the field map; returns notes. Replaces entries of ``chosen``."""
+    if field_dims is not None or (fmap is not None and layout.concatenated):
+        if len(chosen) != 1:
+            raise UserError(
+                f"{where}: field sizes split one concatenated table, found {len(chosen)} (pick one: --tables)"
+            )
+        if field_dims is not None:
+            names, sizes = [f"field{i}" for i in range(len(field_dims))], list(field_dims)
+        else:
+            names, sizes = (
+                [name for name, size in fmap if size is not None],
+                [size for _, size in fmap if size is not None],
+            )
+        chosen[0] = split_table(chosen[0], names, sizes, where)
+        return []
+    if fmap is not None:
+        return _apply_field_map(chosen, fmap, where)
+    offsets = tensors.get(chosen[0].key.removesuffix("table") + "offsets") if layout.name == "dcollapse" else None
+    if offsets is not None and offsets.dim() == 1:
+        sizes = torch.diff(offsets, append=torch.tensor([chosen[0].weight.shape[0]])).tolist()
+        chosen[0] = split_table(chosen[0], [f"field{i}" for i in range(len(sizes))], sizes, where)
+        return []
+    if layout.concatenated:
+        return [f"{chosen[0].key} is one concatenated table, reported whole; {SPLIT_HOWTO}"]
+    return []
+
+
 def read_tables(
     source: str | Path | nn.Module | Mapping[str, Any] | torch.Tensor,
     *,
@@ -162,25 +198,7 @@ def read_tables(
         raise UserError(
             f"{where}: no embedding table recognised among {fit} 2-D floating tensors; {how} (--list-tables)"
         )
-    fmap = read_field_map(field_map) if field_map is not None else None
-    if chosen and layout.name == "dcollapse" and field_dims is None and fmap is None:
-        offsets = tensors.get(chosen[0].key.removesuffix("table") + "offsets")
-        if offsets is not None and offsets.dim() == 1:
-            sizes = torch.diff(offsets, append=torch.tensor([chosen[0].weight.shape[0]])).tolist()
-            chosen[0] = split_table(chosen[0], [f"field{i}" for i in range(len(sizes))], sizes, where)
-    elif chosen and (field_dims is not None or (fmap is not None and layout.concatenated)):
-        if len(chosen) != 1:
-            raise UserError(
-                f"{where}: field sizes split one concatenated table, found {len(chosen)} (pick one: --tables)"
-            )
-        if field_dims is not None:
-            names, sizes = [f"field{i}" for i in range(len(field_dims))], list(field_dims)
-        else:
-            names = [name for name, size in fmap if size is not None]
-            sizes = [size for _, size in fmap if size is not None]
-        chosen[0] = split_table(chosen[0], names, sizes, where)
-    elif fmap is not None:
-        notes += _apply_field_map(chosen, fmap, where)
-    elif layout.concatenated and chosen:
-        notes.append(f"{chosen[0].key} is one concatenated table, reported whole; {SPLIT_HOWTO}")
+    if chosen:
+        fmap = read_field_map(field_map) if field_map is not None else None
+        notes += _split_fields(chosen, layout, tensors, field_dims, fmap, where)
     return TableSource(chosen, loaded.reader, layout.name, path, notes, candidates)
