@@ -72,10 +72,6 @@ def strip_prefixes(key: str) -> str:
     return key
 
 
-def describe(tensor: torch.Tensor) -> tuple[tuple[int, ...], str]:
-    return tuple(tensor.shape), str(tensor.dtype).removeprefix("torch.")
-
-
 def unfit_reason(tensor: torch.Tensor) -> str | None:
     """Why ``tensor`` cannot be an embedding table, or None when it can."""
     if tensor.dim() != 2:
@@ -116,7 +112,7 @@ def select(
     """(tables, layout, candidates, notes): the tables of ``tensors`` by layout, or those whose key matches ``regex``.
 
     Tables come out in key order; ``name`` is the layout's name for the key (the stripped key for ``regex``
-    picks outside the layout). Notes count what was skipped as width-1 weights or shared storage.
+    picks outside the layout). The one note, when any, counts the width-1 weights the layout's pattern matched.
     """
     stripped = {key: strip_prefixes(key) for key in tensors}
     fit = {key: unfit_reason(t) is None for key, t in tensors.items()}
@@ -141,8 +137,8 @@ def select(
             name = match["name"] if match else name_key.removesuffix(".weight")
             tables.append(EmbeddingTable(name, tensor.detach().cpu(), key))
         width_one += reason is not None and reason.startswith("width 1") and match is not None
-        shape, dtype = describe(tensor)
-        candidates.append(Candidate(key, shape, dtype, reason is None, reason or f"{layout.name} table"))
+        dtype = str(tensor.dtype).removeprefix("torch.")
+        candidates.append(Candidate(key, tuple(tensor.shape), dtype, reason is None, reason or f"{layout.name} table"))
     if chooser is not None and any(not layout.pattern.search(stripped[t.key]) for t in tables):
         layout = GENERIC
     notes = [f"skipped {width_one} width-1 {layout.name} weights (first-order or numeric features, not tables)"]
