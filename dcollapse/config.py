@@ -283,10 +283,10 @@ def check(key: str, value: Any, name: str) -> Any:
         if not isinstance(value, bool):
             raise UserError(f"{name} must be true or false, not {value!r}")
         return value
-    if kind is str:
-        if not isinstance(value, str) or value not in r.choices:
+    if kind is str:  # a choice, in any case (DeepFM, ReLU)
+        if not isinstance(value, str) or value.lower() not in r.choices:
             raise choice_error(name, value, r.choices, MODEL_ALIASES if key == "model" else ())
-        return value
+        return value.lower()
     if kind in (int, float):
         return bounded(number(value, kind, name), r, name)
     item = typing.get_args(kind)[0]  # tuple[int, ...] or tuple[str, ...]: a TOML list or comma-separated text
@@ -298,10 +298,10 @@ def check(key: str, value: Any, name: str) -> Any:
     if item is int:
         return [bounded(number(v, int, f"{name} (item {i + 1})"), r, f"{name} (item {i + 1})")
                 for i, v in enumerate(value)]  # fmt: skip
-    bad = [v for v in value if not isinstance(v, str) or v not in r.choices]
+    bad = [v for v in value if not isinstance(v, str) or v.lower() not in r.choices]
     if bad:
         raise choice_error(f"{name} (item {list(value).index(bad[0]) + 1})", bad[0], r.choices)
-    return list(dict.fromkeys(value))
+    return list(dict.fromkeys(v.lower() for v in value))
 
 
 def number(value: Any, kind: type, name: str) -> int | float:
