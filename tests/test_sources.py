@@ -343,8 +343,11 @@ def test_safetensors_file_and_sharded_directory(tmp_path: Path) -> None:
 
     model = DeepCTR()
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    save_file(state, tmp_path / "model.safetensors")
-    assert read_tables(tmp_path / "model.safetensors").reader == "safetensors"
+    save_file({**state, "half_emb": lowrank(9, 2, 20).to(torch.bfloat16)}, tmp_path / "model.safetensors")
+    single = read_tables(tmp_path / "model.safetensors", tables="emb")
+    assert single.reader == "safetensors" and not any(t.weight.is_meta for t in single.tables)
+    dtypes = {c.key: c.dtype for c in single.candidates}
+    assert dtypes["half_emb"] == "bfloat16" and dtypes["linear_model.embedding_dict.user.weight"] == "float32"
     shards = tmp_path / "sharded"
     shards.mkdir()
     keys = list(state)
@@ -378,15 +381,28 @@ def test_numpy_npy_and_npz(tmp_path: Path) -> None:
 
 
 @pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
-def test_torch_distributed_checkpoint_directory(tmp_path: Path) -> None:
+def test_torch_distributed_checkpoint_directory_reads_only_the_tables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import torch.distributed.checkpoint as dcp
 
     model = TorchRecDLRM()
-    dcp.save({"model": model.state_dict()}, checkpoint_id=str(tmp_path / "dcp"), no_dist=True)
+    optimizer_state = {"state": {"t_cat_0.momentum": torch.randn(33, DIM), "step": torch.tensor(7.0)}}
+    dcp.save({"model": model.state_dict(), "optim": optimizer_state}, checkpoint_id=str(tmp_path / "dcp"), no_dist=True)
+    requested: list[str] = []
+    real_load = dcp.load
+
+    def spy(state: dict, **kwargs: object) -> None:
+        requested.extend(state)
+        real_load(state, **kwargs)
+
+    monkeypatch.setattr(dcp, "load", spy)
     source = read_tables(tmp_path / "dcp")
     assert (source.reader, source.layout) == ("dcp", "torchrec")
     bags = model.sparse_arch.embedding_bag_collection.embedding_bags
     assert_matches_numpy(source, {"t_cat_0": bags["t_cat_0"].weight, "t_cat_1": bags["t_cat_1"].weight})
+    assert requested == [t.key for t in source.tables]  # the optimizer state and the dense layers were not read
+    assert "optim.state.t_cat_0.momentum" in {c.key for c in source.candidates}
     (tmp_path / "dcp" / ".metadata").write_bytes(b"not a pickle")
     with pytest.raises(UserError, match="not a readable torch.distributed.checkpoint directory"):
         read_tables(tmp_path / "dcp")

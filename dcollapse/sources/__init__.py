@@ -192,6 +192,10 @@ def read_tables(
         except re.error as exc:
             raise UserError(f"--tables {tables!r}: not a valid regular expression ({exc})") from None
     chosen, layout, candidates, notes = select(tensors, tables)
+    if loaded.load is not None and chosen:  # placeholders so far: read the chosen tables only
+        weights = loaded.load([t.key for t in chosen])
+        for table in chosen:
+            table.weight = weights[table.key]
     if not chosen and not allow_empty:
         fit = sum(unfit_reason(t) is None for t in tensors.values())
         how = "choose with --tables REGEX" if tables is None else "try another --tables REGEX"

@@ -85,8 +85,11 @@ def unfit_reason(tensor: torch.Tensor) -> str | None:
     return None
 
 
-def storage_id(tensor: torch.Tensor) -> tuple[int, int, tuple[int, ...]]:
-    return tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape)
+def storage_id(tensor: torch.Tensor) -> tuple[int, ...]:
+    """Equal for two views of the same data (a table shared by two features); a placeholder is its own."""
+    if tensor.is_meta:
+        return (id(tensor),)
+    return tensor.untyped_storage().data_ptr(), tensor.storage_offset(), *tensor.shape
 
 
 def miss_reason(layout: Layout) -> str:
@@ -135,7 +138,7 @@ def select(
         if reason is None:
             seen[storage_id(tensor)] = key
             name = match["name"] if match else name_key.removesuffix(".weight")
-            tables.append(EmbeddingTable(name, tensor.detach().cpu(), key))
+            tables.append(EmbeddingTable(name, tensor.detach() if tensor.is_meta else tensor.detach().cpu(), key))
         width_one += reason is not None and reason.startswith("width 1") and match is not None
         dtype = str(tensor.dtype).removeprefix("torch.")
         candidates.append(Candidate(key, tuple(tensor.shape), dtype, reason is None, reason or f"{layout.name} table"))

@@ -24,16 +24,26 @@ from dcollapse.errors import UserError
 NESTED_KEYS = ("state_dict", "model_state_dict", "model")  # Lightning / DLRM reference / RecBole, and plain dicts
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 DCP_METADATA = ".metadata"
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}  # fmt: skip
 STATE_DICT_HOWTO = "save `torch.save(model.state_dict(), path)` instead and read that file"
 
 
 @dataclass
 class Loaded:
-    """What a reader found: a flat mapping of tensors, and the raw object when it was a dcollapse checkpoint."""
+    """What a reader found: a flat mapping of tensors, and the raw object when it was a dcollapse checkpoint.
+
+    Readers that can read one tensor at a time (safetensors, DCP) give meta-device placeholders (shape and dtype
+    only) and a ``load(keys) -> {key: Tensor}`` that reads just those, so only the chosen tables are read.
+    """
 
     reader: str
     tensors: dict[str, torch.Tensor]
     checkpoint: dict | None = None
+    load: Callable[[list[str]], dict[str, torch.Tensor]] | None = None
 
 
 def tensors_of(obj: Any, where: str) -> dict[str, torch.Tensor]:
@@ -108,17 +118,33 @@ def safetensors_files(path: Path) -> list[Path]:
 
 
 def read_safetensors(path: Path) -> Loaded:
-    """A ``.safetensors`` file or a (sharded) directory of them."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    """A ``.safetensors`` file or a (sharded) directory of them; headers first, tensors on demand."""
+    from safetensors import SafetensorError, safe_open
 
-    tensors: dict[str, torch.Tensor] = {}
+    placeholders: dict[str, torch.Tensor] = {}
+    file_of: dict[str, Path] = {}
     for file in safetensors_files(path):
         try:
-            tensors |= load_file(file, device="cpu")
+            with safe_open(file, "pt") as f:
+                for key in f.keys():
+                    view = f.get_slice(key)
+                    dtype = SAFETENSORS_DTYPES.get(view.get_dtype(), torch.uint8)
+                    placeholders[key] = torch.empty(view.get_shape(), dtype=dtype, device="meta")
+                    file_of[key] = file
         except (SafetensorError, OSError, ValueError) as exc:
             raise UserError(f"{file}: not a readable safetensors file ({str(exc)[:120]})") from None
-    return Loaded("safetensors", tensors)
+
+    def load(keys: list[str]) -> dict[str, torch.Tensor]:
+        out = {}
+        for key in keys:
+            try:
+                with safe_open(file_of[key], "pt") as f:
+                    out[key] = f.get_tensor(key)
+            except (SafetensorError, OSError, ValueError) as exc:
+                raise UserError(f"{file_of[key]}: cannot read {key} ({str(exc)[:120]})") from None
+        return out
+
+    return Loaded("safetensors", placeholders, load=load)
 
 
 def read_numpy(path: Path) -> Loaded:
@@ -136,26 +162,32 @@ def read_numpy(path: Path) -> Loaded:
 def read_dcp(path: Path) -> Loaded:
     """A ``torch.distributed.checkpoint`` directory (e.g. TorchRec's sharded saves), through torch's DCP reader.
 
-    Every tensor entry is loaded whole, into a plain CPU tensor of its global shape; byte entries are left out.
+    The metadata gives every tensor's global shape; ``load`` reads the chosen ones whole into plain CPU tensors
+    (optimizer states and byte entries are never read).
     """
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
+    def dcp_call(call: Callable[[], Any]) -> Any:
+        try:
+            with warnings.catch_warnings():  # DCP warns that it loads in one process, which is the intent here
+                warnings.simplefilter("ignore", UserWarning)
+                return call()
+        except Exception as exc:  # noqa: BLE001  DCP raises its own CheckpointException and plain errors alike
+            first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"{path}: not a readable torch.distributed.checkpoint directory ({first})") from None
+
     reader = dcp.FileSystemReader(str(path))
-    try:
-        with warnings.catch_warnings():  # DCP warns that it loads in one process, which is the intent here
-            warnings.simplefilter("ignore", UserWarning)
-            metadata = reader.read_metadata()
-            state = {
-                key: torch.empty(meta.size, dtype=meta.properties.dtype)
-                for key, meta in metadata.state_dict_metadata.items()
-                if isinstance(meta, TensorStorageMetadata)
-            }
-            dcp.load(state, storage_reader=reader, no_dist=True)
-    except Exception as exc:  # noqa: BLE001  DCP raises its own CheckpointException and plain errors alike
-        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path}: not a readable torch.distributed.checkpoint directory ({first})") from None
-    return Loaded("dcp", state)
+    entries = dcp_call(reader.read_metadata).state_dict_metadata
+    sizes = {k: (m.size, m.properties.dtype) for k, m in entries.items() if isinstance(m, TensorStorageMetadata)}
+
+    def load(keys: list[str]) -> dict[str, torch.Tensor]:
+        state = {key: torch.empty(sizes[key][0], dtype=sizes[key][1]) for key in keys}
+        dcp_call(lambda: dcp.load(state, storage_reader=dcp.FileSystemReader(str(path)), no_dist=True))
+        return state
+
+    placeholders = {key: torch.empty(size, dtype=dtype, device="meta") for key, (size, dtype) in sizes.items()}
+    return Loaded("dcp", placeholders, load=load)
 
 
 def _suffix(path: Path) -> str:
