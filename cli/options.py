@@ -15,6 +15,7 @@ DataOpt = typer.Option(
 SplitOpt = typer.Option("valid", "--split", help="Split the fixed batch is drawn from.")
 BatchOpt = typer.Option(DEFAULT_BATCH_ROWS, "--batch", min=1, help="Rows in the fixed batch (all if fewer).")
 SeedOpt = typer.Option(DEFAULT_SEED, "--seed", help="Seed of the fixed batch's row sample.")
+DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA when available) | cpu | cuda.")
 
 
 def plot_option(what: str) -> Path | None:

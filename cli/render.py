@@ -48,7 +48,7 @@ def report_table(title: str, columns: list[str], left: int = 1, bar: bool = Fals
     plus an inline spectrum-bar column when ``bar``."""
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for i, name in enumerate(columns):
-        table.add_column(name, justify="left" if i < left else "right", no_wrap=i == 0 and left > 0)
+        table.add_column(name, justify="left" if i < left else "right", no_wrap=i < left)
     if bar:
         table.add_column(BAR_HEADER, no_wrap=True, overflow="crop")
     return table

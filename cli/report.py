@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from dcollapse.cli.common import emit, err, handles_errors, out
-from dcollapse.cli.options import BatchOpt, DataOpt, JsonOpt, SeedOpt, SplitOpt, plot_option
+from dcollapse.cli.options import BatchOpt, DataOpt, DeviceOpt, JsonOpt, SeedOpt, SplitOpt, plot_option
 from dcollapse.cli.render import BAR_NOTE, fmt, ia_text, print_header, print_verdict, report_table, spark
 from dcollapse.errors import CheckFailed, UserError
 
@@ -196,6 +196,14 @@ def render_gradients(doc: dict[str, Any]) -> None:
     out.print(table)
 
 
+def check_plot(path: Path | None) -> None:
+    """Refuse a bad plot name before any work (matplotlib is imported only when a plot is asked for)."""
+    if path is not None:
+        from dcollapse import plots
+
+        plots.check_plot_path(path)
+
+
 def warn(lines: list[str]) -> None:
     for line in lines:
         err.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
@@ -215,6 +223,7 @@ def spectrum(
     split: str = SplitOpt,
     batch: int = BatchOpt,
     seed: int = SeedOpt,
+    device: str = DeviceOpt,
     as_json: bool = JsonOpt,
     plot: Path | None = plot_option("log normalized spectra (per field and Z)"),
     fail_under_ia: float | None = typer.Option(None, "--fail-under-ia", help="Exit 1 if the mean field IA is below X."),
@@ -237,11 +246,10 @@ def spectrum(
 
     Example: dcollapse spectrum runs/deepfm.pt --fail-under-ia 4 --plot deepfm-spectrum.png
     """
-    from dcollapse import plots, reports
+    from dcollapse import reports
 
     gates = reports.Gates(fail_under_ia, fail_under_rankme, fail_field_ia)
-    if plot is not None:
-        plots.check_plot_path(plot)
+    check_plot(plot)
     dims = parse_field_dims(field_dims)
     if list_tables:
         from dcollapse.sources import read_tables
@@ -249,7 +257,7 @@ def spectrum(
         found = read_tables(checkpoint_path, field_dims=dims, field_map=field_map, tables=tables, allow_empty=True)
         emit(reports.tables_listing(found), as_json, render_tables_list)
         return
-    run = reports.load_run(checkpoint_path, data, field_dims=dims, field_map=field_map, tables=tables)
+    run = reports.load_run(checkpoint_path, data, field_dims=dims, field_map=field_map, tables=tables, device=device)
     warn(run.warnings)
     with err.status(f"spectra of {checkpoint_path}"):
         report = reports.spectrum_report(run, split=split, batch=batch, seed=seed, gates=gates)
@@ -271,6 +279,7 @@ def compare(
     split: str = SplitOpt,
     batch: int = BatchOpt,
     seed: int = SeedOpt,
+    device: str = DeviceOpt,
     as_json: bool = JsonOpt,
     plot: Path | None = plot_option("the overlaid normalized eigenvalues of cov(Z), one panel per backbone"),
 ) -> None:
@@ -283,17 +292,16 @@ def compare(
 
     Example: dcollapse compare runs/fm.pt runs/deepfm.pt runs/nfm.pt --plot spectra.png
     """
-    from dcollapse import plots, reports
+    from dcollapse import reports
 
-    if plot is not None:
-        plots.check_plot_path(plot)
-    runs = [reports.load_run(path, data) for path in checkpoints]
+    check_plot(plot)
+    runs = [reports.load_run(path, data, device=device) for path in checkpoints]
     if plot is not None and all(run.data is None for run in runs):
         raise UserError(f"--plot needs the batch matrix Z, but no run's dataset is available ({runs[0].skipped})")
     with err.status(f"spectra of {len(runs)} runs"):
         report = reports.compare_report(runs, split=split, batch=batch, seed=seed)
         if plot is not None:
-            plots.compare_overlay(report.to_dict(), plot)
+            report.plot(plot)
     emit(report.to_dict(), as_json, render_compare, plot)
 
 
@@ -304,6 +312,7 @@ def gradients(
     split: str = SplitOpt,
     batch: int = BatchOpt,
     seed: int = SeedOpt,
+    device: str = DeviceOpt,
     as_json: bool = JsonOpt,
     plot: Path | None = plot_option("the overlaid normalized gradient spectra"),
 ) -> None:
@@ -315,11 +324,10 @@ def gradients(
 
     Example: dcollapse gradients runs/deepfm.pt --plot deepfm-gradients.png
     """
-    from dcollapse import plots, reports
+    from dcollapse import reports
 
-    if plot is not None:
-        plots.check_plot_path(plot)
-    run = reports.load_run(checkpoint_path, data)
+    check_plot(plot)
+    run = reports.load_run(checkpoint_path, data, device=device)
     warn(run.warnings)
     with err.status(f"gradients on up to {batch:,} {split} rows"):
         report = reports.gradient_report(run, split=split, batch=batch, seed=seed)

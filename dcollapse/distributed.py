@@ -35,8 +35,9 @@ from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 from torch.nn.parallel import DistributedDataParallel
 
 from dcollapse.data.dataset import Split
+from dcollapse.device import pick_device
 from dcollapse.models import CTRModel
-from dcollapse.train import SingleProcess, pick_device, predict, scores, seed_epoch
+from dcollapse.train import SingleProcess, predict, scores, seed_epoch
 
 
 class DataParallel(SingleProcess):

@@ -28,11 +28,12 @@ import numpy as np
 
 from dcollapse import checkpoint, plots
 from dcollapse.config import Options, did_you_mean, full_config, merged, toml_options
-from dcollapse.data.dataset import load_meta, load_split
+from dcollapse.data.dataset import load_meta
 from dcollapse.errors import UserError
 from dcollapse.io import atomic_path, read_toml
 from dcollapse.metrics import collapse
 from dcollapse.models import load_model
+from dcollapse.reports.runs import RunKey, base_index, best_entry, dnn_label, headline_metrics, load_fixed_batch
 from dcollapse.train import train
 
 # The paper's settings (SPEC-collapse: emb 10, 3 cross layers, MLP [400,400,400]-[500,500,500], dropout 0.1,
@@ -211,8 +212,8 @@ def run_result(spec: RunSpec, ckpt: dict[str, Any], ids: Any, seconds: float) ->
     batch Z = flat embeddings [B, F*d] of ``ids`` [B, F]."""
     model = load_model(ckpt)
     batch = collapse.batch_spectra(model, ids, FIXED_BATCH_SPLIT, collapse.DEFAULT_SEED)
-    best = next(h for h in ckpt["history"] if h["epoch"] == ckpt["best_epoch"])
-    test = ckpt.get("test")
+    best = best_entry(ckpt)
+    auc, logloss, split = headline_metrics(ckpt)
     return {
         "name": spec.name,
         "group": spec.group,
@@ -220,9 +221,9 @@ def run_result(spec: RunSpec, ckpt: dict[str, Any], ids: Any, seconds: float) ->
         "status": "ok",
         "config": spec.config,
         "dataset": {"name": ckpt["meta"].get("name"), "path": ckpt["data"]["path"], "hash": ckpt["data"]["hash"]},
-        "auc": test["auc"] if test else best["valid_auc"],
-        "logloss": test["logloss"] if test else best["valid_logloss"],
-        "metrics_split": "test" if test else "valid",
+        "auc": auc,
+        "logloss": logloss,
+        "metrics_split": split,
         "valid_auc": best["valid_auc"],
         "rankme": batch.z.rankme,
         "mean_ia": best["mean_ia"],
@@ -236,13 +237,11 @@ def run_result(spec: RunSpec, ckpt: dict[str, Any], ids: Any, seconds: float) ->
 
 
 def fixed_batch_ids(data_dir: Path) -> Any:
-    """ids int32 [B, F]: the fixed validation batch every run's RankMe and spectrum is measured on (the same rows
+    """ids int32 [B, F]: the fixed validation batch every run's RankMe and spectrum is measured on (the rows
     ``dcollapse compare`` draws by default)."""
-    meta = load_meta(data_dir)
-    if FIXED_BATCH_SPLIT not in meta["splits"]:
+    if FIXED_BATCH_SPLIT not in load_meta(data_dir)["splits"]:
         raise UserError(f"{data_dir}: a sweep needs a {FIXED_BATCH_SPLIT} split")
-    rows = load_split(data_dir, FIXED_BATCH_SPLIT, meta)
-    return rows.ids[collapse.fixed_batch_indices(len(rows), collapse.DEFAULT_BATCH_ROWS, collapse.DEFAULT_SEED)]
+    return load_fixed_batch(data_dir, FIXED_BATCH_SPLIT).ids
 
 
 Event = Callable[[str, RunSpec, dict[str, Any] | None], None]
@@ -328,9 +327,10 @@ METRICS = ("auc", "logloss", "rankme", "mean_ia", "best_epoch")
 def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
     """Per grid entry (in grid order): mean and std over seeds of :data:`METRICS`, of the RankMe change
     ``rankme / rankme(base) - 1`` and of the AUC change ``auc - auc(base)``, both against the run with the same
-    backbone and seed whose arch is ``none`` (when the grid has one), and the mean normalized cov(Z) spectrum."""
+    backbone whose arch is ``none`` (the one rule of :func:`~dcollapse.reports.runs.base_index`: the same width
+    and seed when there is one), and the mean normalized cov(Z) spectrum."""
     ok = [r for r in results if r["status"] == "ok"]
-    bases = {(r["config"]["model"], r["seed"]): r for r in ok if r["config"]["arch"] == "none"}
+    keys = [run_key(r) for r in ok]
     groups: dict[str, dict[str, Any]] = {}
     for r in results:
         groups.setdefault(r["group"], {"runs": []})["runs"].append(r)
@@ -350,8 +350,8 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
         }
         for metric in METRICS:
             row[metric] = mean_std([r[metric] for r in runs])
-        paired = [(r, bases.get((r["config"]["model"], r["seed"]))) for r in runs]
-        paired = [(r, b) for r, b in paired if b is not None and config["arch"] != "none"]
+        paired = [(r, base_index(run_key(r), keys)) for r in runs]
+        paired = [(r, ok[i]) for r, i in paired if i is not None]
         row["rankme_change"] = mean_std([r["rankme"] / b["rankme"] - 1.0 for r, b in paired if b["rankme"] > 0])
         row["auc_change"] = mean_std([r["auc"] - b["auc"] for r, b in paired])
         row["rankme_up_seeds"] = sum(r["rankme"] > b["rankme"] for r, b in paired)
@@ -376,18 +376,10 @@ def pm(stat: Mapping[str, Any], spec: str = ".4f", percent: bool = False) -> str
     return text if stat["std"] is None else f"{text} ± {stat['std'] * scale:{spec.lstrip('+')}}{suffix}"
 
 
-def dnn_label(config: Mapping[str, Any]) -> str:
-    """'200-200-200 relu, dropout 0.1' for runs with a DNN, '—' without."""
-    if config["arch"] == "none":
-        return "—"
-    parts = ["-".join(str(w) for w in config["dnn"]) + f" {config['activation']}"]
-    if config["norm"] != "none":
-        parts.append(f"{config['norm']} norm")
-    if config["dropout"]:
-        parts.append(f"dropout {config['dropout']:g}")
-    if config["residual"]:
-        parts.append("residual")
-    return ", ".join(parts)
+def run_key(result: Mapping[str, Any]) -> RunKey:
+    """What pairs a run with its base (one dataset per sweep)."""
+    config = result["config"]
+    return RunKey(config["model"], config["arch"], None, config["emb_dim"], result["seed"])
 
 
 SUMMARY_COLUMNS = (

@@ -35,6 +35,8 @@ from dcollapse.data.dataset import Split, load_meta, load_split, split_tensors
 from dcollapse.device import pick_device
 from dcollapse.diagnostics.richness import richness_snapshot
 from dcollapse.errors import UserError
+from dcollapse.metrics import DEFAULT_SEED
+from dcollapse.metrics.collapse import fixed_batch
 from dcollapse.metrics.spectrum import field_singular_values, information_abundance, rankme, singular_values
 from dcollapse.models import CTRModel, build_model
 from dcollapse.models.embedding import FusedTableOptimizer
@@ -44,7 +46,7 @@ OPTIMIZERS = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "sgd": t
 # sparse_emb: the tables' optimizer. SparseAdam is lazy Adam (rows absent from a batch keep their moments undecayed,
 # unlike dense Adam); Adagrad and SGD without momentum leave a row with a zero gradient unchanged, so they are exact.
 SPARSE_OPTIMIZERS = {"adam": torch.optim.SparseAdam, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
-SNAPSHOT_SEED = 0  # the collapse-snapshot batch is the same for every run on a dataset, whatever --seed
+SNAPSHOT_SEED = DEFAULT_SEED  # the collapse-snapshot batch is the reports' default batch, whatever --seed
 EVAL_BATCH = 65_536
 
 
@@ -322,12 +324,9 @@ def collapse_snapshot(model: CTRModel, batch: Split, track: Sequence[str] = ()) 
 
 
 def snapshot_rows(valid: Split, rows: int) -> Split:
-    """The fixed validation batch: up to ``rows`` rows drawn with a constant seed (ids [B, F], labels [B])."""
-    if len(valid) <= rows:
-        return valid
-    pick = torch.randperm(len(valid), generator=torch.Generator().manual_seed(SNAPSHOT_SEED))[:rows]
-    pick = pick.to(valid.ids.device)
-    return Split(valid.ids[pick], valid.labels[pick])
+    """The fixed validation batch: up to ``rows`` rows drawn with a constant seed (ids [B, F], labels [B]); the
+    same rows the reports measure by default."""
+    return fixed_batch(valid, rows, SNAPSHOT_SEED)
 
 
 def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -27,6 +27,7 @@ from dcollapse.reports.spectrum import dataset_document, field_rows, field_summa
 
 if TYPE_CHECKING:
     import torch
+    from matplotlib.figure import Figure
 
 SCHEMA = "dcollapse.compare/2"
 
@@ -43,6 +44,12 @@ class CompareReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SCHEMA, **asdict(self)}
+
+    def plot(self, path: str | Path | None = None) -> Figure:
+        """The normalized eigenvalues of cov(Z) of every run with a batch, one panel per dataset and backbone."""
+        from dcollapse import plots
+
+        return plots.compare_overlay(self.to_dict(), path)
 
 
 def compare_row(run: Run, batches: dict[Path, torch.Tensor], split: str, size: int, seed: int) -> dict[str, Any]:

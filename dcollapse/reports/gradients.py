@@ -59,6 +59,7 @@ def gradient_report(
     if run.data is None:
         raise UserError(f"{run.label}: gradients need the dataset, but {run.skipped}")
     rows = load_fixed_batch(run.data, split, batch, seed)
+    rows.ids, rows.labels = rows.ids.to(run.device or "cpu"), rows.labels.to(run.device or "cpu")
     grads = collapse.gradient_spectra(run.model, rows.ids, rows.labels)
     z_stats, _ = collapse.matrix_spectra(collapse.batch_matrix(run.model, rows.ids))
     spectra = {"total": grads.total, **grads.branches}

@@ -38,6 +38,7 @@ class Run:
     data: Path | None
     skipped: str | None
     warnings: list[str] = field(default_factory=list)
+    device: torch.device | None = None  # where the tables and the model live (None: the CPU)
 
     @property
     def ckpt(self) -> dict[str, Any] | None:
@@ -56,22 +57,33 @@ def load_run(
     field_dims: Sequence[int] | None = None,
     field_map: str | Path | None = None,
     tables: str | None = None,
+    device: str = "auto",
 ) -> Run:
     """Read ``source`` (a path, an ``nn.Module``, a state_dict or a tensor) and find the dataset its batch metrics
-    can use: ``data`` when given (checked against the run), else the path a ``dcollapse train`` checkpoint stores."""
+    can use: ``data`` when given (checked against the run), else the path a ``dcollapse train`` checkpoint stores.
+    ``device`` (auto | cpu | cuda) is where the tables, the model and every spectrum are computed."""
+    from dcollapse.device import pick_device
     from dcollapse.sources import read_tables
 
     found = read_tables(source, field_dims=list(field_dims) if field_dims else None,
                         field_map=Path(field_map) if field_map else None, tables=tables)  # fmt: skip
+    place = pick_device(device)
+    if found.model is not None:
+        found.model.to(place)
+        found.tables[0].weight = found.model.embedding.table.detach()
+    else:
+        for table in found.tables:
+            table.weight = table.weight.to(place)
     label = str(source) if isinstance(source, str | Path) else type(source).__name__
     ckpt = found.checkpoint
     if ckpt is None:
         run = Run(label, found, None, None, "batch metrics need --data DIR with fields matching the tables")
+        run.device = place
         if data is not None:
             run.data, run.skipped = Path(data), None
             match_tables_to_dataset(run)
         return run
-    run = Run(label, found, found.model, None, None)
+    run = Run(label, found, found.model, None, None, device=place)
     if data is not None:
         run.warnings += check_dataset(Path(data), ckpt, label)
         run.data = Path(data)
@@ -147,6 +159,7 @@ def batch_matrix(run: Run, ids: torch.Tensor) -> torch.Tensor:
 
     from dcollapse.metrics import collapse
 
+    ids = ids.to(run.device or "cpu")
     if run.model is not None:
         return collapse.batch_matrix(run.model, ids)
     with torch.no_grad():

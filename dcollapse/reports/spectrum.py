@@ -242,6 +242,7 @@ def analyze(
     field_dims: list[int] | None = None,
     field_map: str | Path | None = None,
     tables: str | None = None,
+    device: str = "auto",
 ) -> SpectrumReport:
     """The collapse report of anything that holds embedding tables.
 
@@ -249,12 +250,12 @@ def analyze(
     ``torch.distributed.checkpoint`` directory, an ``nn.Module``, a state_dict or a tensor [V, d].
     ``data``: a dcollapse dataset directory for the batch view (RankMe of Z [B, F*d] on ``batch`` rows of
     ``split``); a checkpoint of ``dcollapse train`` finds its own. ``field_dims`` / ``field_map`` split one
-    concatenated table into fields; ``tables``: a regex choosing the tables by key.
+    concatenated table into fields; ``tables``: a regex choosing the tables by key; ``device``: auto | cpu | cuda.
 
     Example::
 
         report = dcollapse.analyze("runs/deepfm.pt")
         print(report.verdict["lines"][0]); report.to_polars(); report.plot("spectrum.png")
     """
-    run = load_run(source, data, field_dims=field_dims, field_map=field_map, tables=tables)
+    run = load_run(source, data, field_dims=field_dims, field_map=field_map, tables=tables, device=device)
     return spectrum_report(run, split=split, batch=batch, seed=seed)
