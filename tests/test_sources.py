@@ -241,7 +241,7 @@ def test_torchrec_layout_any_prefix_from_a_lightning_checkpoint(tmp_path: Path) 
 
 def test_dlrm_reference_checkpoint_and_names_from_a_field_map(tmp_path: Path) -> None:
     model = DLRMReference()
-    payload = {"epoch": 0, "nepochs": 1, "state_dict": model.state_dict(), "train_acc": 0.7, "opt_state_dict": {}}
+    payload = {"state_dict": model.state_dict(), "train_acc": 0.7, "opt_state_dict": {}, "iter": torch.tensor(40)}
     torch.save(payload, tmp_path / "dlrm.pt")
     source = read_tables(tmp_path / "dlrm.pt")
     assert source.layout == "dlrm"
@@ -406,6 +406,11 @@ def test_torch_distributed_checkpoint_directory_reads_only_the_tables(
     (tmp_path / "dcp" / ".metadata").write_bytes(b"not a pickle")
     with pytest.raises(UserError, match="not a readable torch.distributed.checkpoint directory"):
         read_tables(tmp_path / "dcp")
+
+
+def test_a_saved_tensor_is_named_after_its_file(tmp_path: Path) -> None:
+    torch.save(lowrank(12, 2, 18), tmp_path / "item_vectors.pt")
+    assert [t.name for t in read_tables(tmp_path / "item_vectors.pt").tables] == ["item_vectors"]
 
 
 def test_live_tensor_state_dict_and_module() -> None:

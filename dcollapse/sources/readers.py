@@ -47,7 +47,7 @@ class Loaded:
 
 
 def tensors_of(obj: Any, where: str) -> dict[str, torch.Tensor]:
-    """The state_dict inside ``obj``: a bare ``{key: Tensor}``, or one nested under :data:`NESTED_KEYS`.
+    """The state_dict inside ``obj``: one nested under :data:`NESTED_KEYS`, or else a bare ``{key: Tensor}``.
 
     A bare tensor becomes ``{"tensor": t}``; non-tensor entries (``_extra_state``, step counters) are dropped.
     """
@@ -55,12 +55,12 @@ def tensors_of(obj: Any, where: str) -> dict[str, torch.Tensor]:
         return {"tensor": obj}
     if not isinstance(obj, Mapping):
         raise UserError(f"{where}: holds a {type(obj).__name__}, not a state_dict or tensor")
+    for key in NESTED_KEYS:  # before the top level, which may hold counters such as a "step" tensor
+        if isinstance(obj.get(key), Mapping):
+            return tensors_of(obj[key], where)
     flat = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if flat:
         return flat
-    for key in NESTED_KEYS:
-        if isinstance(obj.get(key), Mapping):
-            return tensors_of(obj[key], where)
     raise UserError(f"{where}: no tensors found (looked at the top level and under {', '.join(NESTED_KEYS)})")
 
 
@@ -100,7 +100,7 @@ def read_torch(path: Path) -> Loaded:
 
     if isinstance(obj, dict) and obj.get("format") == checkpoint.FORMAT:
         return Loaded("dcollapse", {}, checkpoint.load(path))
-    return Loaded("torch", tensors_of(obj, str(path)))
+    return Loaded("torch", {path.stem: obj} if isinstance(obj, torch.Tensor) else tensors_of(obj, str(path)))
 
 
 def safetensors_files(path: Path) -> list[Path]:
