@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -171,6 +172,88 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_good_checkpoint(tiny,
         training.train(tiny, {**SMALL, "epochs": 3}, out)
     ckpt = checkpoint.load(out)
     assert len(ckpt["history"]) == 1 and torch.isfinite(ckpt["state_dict"]["embedding.table"]).all()
+
+
+def test_finite_explosion_stops_naming_epoch_and_step_and_keeps_last_good_checkpoint(tiny, tmp_path, monkeypatch):
+    out = tmp_path / "run.pt"
+    original = training.train_step
+    calls = {"n": 0}
+
+    def exploding(*args):
+        calls["n"] += 1
+        loss = original(*args)
+        return 1e6 if calls["n"] == 9 else loss  # epoch 2, step 3: finite but far above the start
+
+    monkeypatch.setattr(training, "train_step", exploding)
+    message = r"rose to 1e\+06, over 100x its starting value 0\.\d+, at epoch 2, step 3"
+    with pytest.raises(training.Diverged, match=message):
+        training.train(tiny, {**SMALL, "epochs": 3}, out)
+    assert len(checkpoint.load(out)["history"]) == 1
+
+
+def test_cli_lr_1e9_stops_with_one_line_and_no_checkpoint(tiny, tmp_path):
+    out = tmp_path / "run.pt"
+    result = runner.invoke(app, ["train", str(tiny), "--emb-dim", "4", "--lr", "1e9", "--out", str(out)])
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
+    assert re.search(r"training loss (became inf|became nan|rose to .*) at epoch 1, step \d+", result.stderr)
+    assert "no checkpoint was written" in result.stderr and not out.exists()
+
+
+def test_loss_guard_limit_is_100x_the_first_loss_and_never_below_100_ln2():
+    guard = training.LossGuard()
+    guard.check(0.5, 1, 1)  # the start: limit 100 * ln 2 (a start below ln 2 counts as ln 2)
+    guard.check(100 * math.log(2) - 1e-9, 1, 2)
+    with pytest.raises(training.Diverged, match="at epoch 3, step 7; try a smaller lr"):
+        guard.check(100 * math.log(2) + 1e-9, 3, 7)
+    high = training.LossGuard()
+    high.check(2.0, 1, 1)
+    high.check(199.0, 1, 2)
+    with pytest.raises(training.Diverged, match="became inf at epoch 1, step 3"):
+        high.check(math.inf, 1, 3)
+    with pytest.raises(training.Diverged):
+        high.check(201.0, 1, 4)
+
+
+def test_a_model_too_large_for_memory_is_refused_before_allocation(tiny, tmp_path):
+    config = {**SMALL, "dnn": [1_000_000, 1_000_000], "epochs": 1}  # 1e12 weights: 16 TB to train
+    with pytest.raises(UserError, match=r"the model has 1e\+12 parameters, .* GiB of cpu memory here; use a smaller"):
+        training.train(tiny, config, tmp_path / "big.pt")
+    assert not (tmp_path / "big.pt").exists()
+
+
+def test_default_threads_follow_omp_then_the_idle_cpus(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert training.default_threads() == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(training.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(training.os, "getloadavg", lambda: (0.2, 0.0, 0.0))
+    assert training.default_threads() == 8 and training.default_threads(processes=4) == 2
+    monkeypatch.setattr(training.os, "getloadavg", lambda: (5.4, 0.0, 0.0))
+    assert training.default_threads() == 3 and training.default_threads(processes=4) == 1
+    monkeypatch.setattr(training.os, "getloadavg", lambda: (30.0, 0.0, 0.0))
+    assert training.default_threads() == 1
+
+
+def test_cli_threads_option_and_default(tiny, tmp_path, monkeypatch):
+    set_to: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", set_to.append)
+    monkeypatch.setattr(training, "default_threads", lambda processes=1: 5)
+    args = ["train", str(tiny), "--emb-dim", "4", "--epochs", "1"]
+    assert runner.invoke(app, [*args, "--threads", "1", "--out", str(tmp_path / "a.pt")]).exit_code == 0
+    assert runner.invoke(app, [*args, "--out", str(tmp_path / "b.pt")]).exit_code == 0
+    assert set_to == [1, 5]
+
+
+def test_cli_resume_keeps_save_every_epoch(tiny, tmp_path):
+    out = tmp_path / "run.pt"
+    args = ["train", str(tiny), "--emb-dim", "4", "--epochs", "1", "--save-every-epoch", "--out", str(out)]
+    assert runner.invoke(app, args).exit_code == 0
+    result = runner.invoke(app, ["train", "--resume", str(out), "--epochs", "2"])
+    assert result.exit_code == 0, result.output
+    assert checkpoint.load(tmp_path / "run.epoch2.pt")["epoch"] == 2
+    result = runner.invoke(app, ["train", "--resume", str(out), "--epochs", "3", "--no-save-every-epoch"])
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "run.epoch3.pt").exists() and len(checkpoint.load(out)["history"]) == 3
 
 
 def test_cli_train_config_file_eval_and_epoch_snapshots(tiny, tmp_path):
