@@ -159,7 +159,7 @@ def train_command(
             bar.update(task, description=f"epoch {epoch}", completed=step, total=steps, status=f"loss {loss:.4f}")
 
         def on_epoch(e: dict[str, Any]) -> None:
-            richness = f"  D_LR {e['d_lr_centered']:.3f}" if "d_lr_centered" in e else ""
+            richness = f"  D_LR centred {e['d_lr_centered']:.3f} (valid batch)" if "d_lr_centered" in e else ""
             bar.console.print(
                 f"epoch {e['epoch']}  loss {e['train_loss']:.4f}  valid AUC {e['valid_auc']:.4f}  "
                 f"logloss {e['valid_logloss']:.4f}  RankMe {e['rankme']:.1f}  IA {e['mean_ia']:.2f}{richness}  "
