@@ -153,8 +153,11 @@ class CollapseMonitor:
         return {"mean_ia": sum(ias) / len(ias), "min_ia": min(ias), "fields": fields}
 
     def step(self, step: int) -> dict[str, Any] | None:
-        """Measure and log when ``step`` is a multiple of ``every_n_steps``; returns the record (else None)."""
-        if step % self.every_n_steps:
+        """Measure and log when ``step`` is a multiple of ``every_n_steps``; returns the record (else None).
+
+        A step just measured is not measured again (Lightning repeats ``global_step`` under gradient accumulation).
+        """
+        if step % self.every_n_steps or (self.history and self.history[-1]["step"] == step):
             return None
         start = time.perf_counter()
         measured = self.measure()
