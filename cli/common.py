@@ -134,19 +134,3 @@ def progress(transient: bool = True) -> Progress:
         transient=transient,
         disable=transient and not err.is_terminal,  # no terminal: nothing to redraw, and no blank line left behind
     )
-
-
-def check_dataset(data: Path, ckpt: dict[str, Any], ckpt_path: Path) -> None:
-    """Refuse a dataset whose fields or vocabularies differ from the checkpoint's; warn on a different hash."""
-    from dcollapse.data.dataset import load_meta
-
-    meta = load_meta(data)
-    want = [(f["name"], int(f["vocab_size"])) for f in ckpt["meta"]["fields"]]
-    have = [(f["name"], int(f["vocab_size"])) for f in meta["fields"]]
-    if want != have:
-        pairs = zip(want, have, strict=False)
-        diff = next((f"{w} vs data {h}" for w, h in pairs if w != h), f"{len(want)} vs data {len(have)} fields")
-        raise UserError(f"{data}: fields (name, vocab size) differ from those of {ckpt_path} (first: run {diff})")
-    stored_hash = (ckpt.get("data") or {}).get("hash")
-    if stored_hash and meta.get("input_hash") and stored_hash != meta["input_hash"]:
-        err.print(f"[yellow]warning:[/] {data}: input hash differs from the one {ckpt_path} was trained on")

@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from dcollapse import config
-from dcollapse.cli.common import check_dataset, err, handles_errors, out, print_json, progress
+from dcollapse.cli.common import err, handles_errors, out, print_json, progress
 from dcollapse.cli.launch import hold_output, records_rank_failures, relaunch
 from dcollapse.errors import UserError
 
@@ -202,27 +202,25 @@ def eval_command(
 
     Example: dcollapse eval runs/deepfm.pt --split test --json
     """
-    from dcollapse import checkpoint
-    from dcollapse.data.dataset import load_meta, load_split
-    from dcollapse.models import load_model
+    from rich.text import Text
+
+    from dcollapse import reports
+    from dcollapse.data.dataset import load_split
     from dcollapse.train import evaluate
 
     if split not in SPLITS:
         raise config.choice_error("--split", split, SPLITS)
-    ckpt = checkpoint.load(run)
-    if ckpt.get("kind", "ctr") != "ctr":
-        raise UserError(f"{run}: not a CTR model checkpoint (kind {ckpt.get('kind')!r})")
     if data_dir is not None and data is not None and data_dir != data:
         raise UserError("give the dataset once: DATA_DIR or --data")
-    data_dir = data_dir or data
-    if data_dir is None:
-        data_dir = Path(ckpt["data"]["path"])
-        if not data_dir.is_dir():
-            raise UserError(f"{run}: its dataset {data_dir} was not found (pass --data DIR)")
-    check_dataset(data_dir, ckpt, run)
-    meta = load_meta(data_dir)
-    model = load_model(ckpt)
-    metrics = evaluate(model, load_split(data_dir, split, meta), split)
+    loaded = reports.load_run(run, data_dir or data, device="cpu")
+    if loaded.model is None:
+        raise UserError(f"{run}: not a `dcollapse train` checkpoint (eval needs the model's forward pass)")
+    if loaded.data is None:
+        raise UserError(f"{run}: {loaded.skipped}")
+    for line in loaded.warnings:
+        err.print(Text(f"warning: {line}", style="yellow"), soft_wrap=True)
+    data_dir = loaded.data
+    metrics = evaluate(loaded.model, load_split(data_dir, split), split)
     result = {"checkpoint": str(run), "data": str(data_dir), "split": split, **metrics}
     if as_json:
         print_json(result)

@@ -181,3 +181,30 @@ def test_api_doc_example_runs(trained, tmp_path, monkeypatch):
         (tmp_path / "runs" / f"{name}.pt").write_bytes(trained[name].read_bytes())
     for block in blocks:
         exec(compile(block, str(doc), "exec"), {})
+
+
+def test_a_dataset_made_with_apply_is_not_warned_about_its_input_hash(tmp_path):
+    """`preprocess --apply` makes new rows with the training dataset's vocabularies: no hash warning for it, one
+    for a dataset whose vocabularies were counted on other input."""
+    from dcollapse.reports.runs import check_dataset
+
+    runner = CliRunner()
+
+    def cli(*args):
+        result = runner.invoke(app, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+        return result
+
+    for seed in (0, 1):
+        cli("synth", "ctr", "--out", tmp_path / f"raw{seed}.csv", "--rows", 3000, "--fields", 4, "--seed", seed)
+    cli("preprocess", tmp_path / "raw0.csv", "--format", "csv", "--label", "label", "--out", tmp_path / "a")
+    cli("preprocess", tmp_path / "raw1.csv", "--apply", tmp_path / "a", "--out", tmp_path / "b")
+    cli("train", tmp_path / "a", "--model", "fm", "--epochs", "1", "--emb-dim", "4", "--out", tmp_path / "run.pt")
+    for command in (["eval", tmp_path / "run.pt", "--data", tmp_path / "b"], ["spectrum", tmp_path / "run.pt",
+                    "--data", tmp_path / "b", "--split", "test"]):  # fmt: skip
+        assert "input hash differs" not in cli(*command).output
+    ckpt = torch.load(tmp_path / "run.pt", weights_only=True)
+    ckpt["data"]["hash"] = "another-input"
+    assert check_dataset(tmp_path / "b", ckpt, "run.pt") == [
+        f"{tmp_path / 'b'}: input hash differs from the one run.pt was trained on"
+    ]

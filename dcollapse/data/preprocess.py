@@ -228,6 +228,10 @@ def preprocess(
             "fields": [{k: f[k] for k in ("name", "kind", "vocab_size")} for f in fields_meta],
             "label_rule": source.label_rule,
         }
+        vocabulary = {}  # --apply: whose vocabularies these are (reports then know it is the training dataset's)
+        if transform is not None:
+            transform_doc["vocabulary_hash"] = transform["vocabulary_hash"]
+            vocabulary = {"vocabulary": {"from": opts.apply, "input_hash": transform["vocabulary_hash"]}}
         return _run(
             lambda: write_dataset(
                 out_dir,
@@ -243,7 +247,7 @@ def preprocess(
                     TRANSFORM_FILE: lambda p: p.write_text(json.dumps(transform_doc, indent=2) + "\n"),
                 },
                 drop_empty=True,
-                extra={"columns": [asdict(c) for c in source.columns], "notes": notes},
+                extra={"columns": [asdict(c) for c in source.columns], "notes": notes, **vocabulary},
             ),
             source.files,
             out_dir,
@@ -606,7 +610,9 @@ def _load_transform(data_dir: Path) -> dict[str, Any]:
     try:
         doc = json.loads(path.read_text())
         vocab = pl.read_parquet(data_dir / VOCAB_FILE)
+        input_hash = json.loads((data_dir / "meta.json").read_text()).get("input_hash")
     except (json.JSONDecodeError, pl.exceptions.PolarsError, OSError) as exc:
         raise UserError(f"{path}: unreadable saved transform ({formats.first_line(exc)})") from None
     doc["vocab"] = vocab
+    doc.setdefault("vocabulary_hash", input_hash)  # the input the vocabularies were counted on
     return doc
