@@ -337,3 +337,18 @@ def test_fuzz_toml_configs_exit_0_or_2_with_one_line(tiny, tmp_path, no_training
         assert line == "error: stopped before training" and config.full_config(run_config) == run_config
     else:
         assert str(path) in line or "contradicts" in line or "needs a DNN" in line, line
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(base=st.dictionaries(KEYS, VALUES, max_size=3), run=st.dictionaries(KEYS, VALUES, max_size=3))
+def test_fuzz_sweep_grids_plan_or_one_line_error(tmp_path, base, run):
+    grid = tmp_path / "grid.toml"
+    table = "".join(f"{json.dumps(k)} = {toml_value(v)}\n" for k, v in base.items())
+    entry = "".join(f"{json.dumps(k)} = {toml_value(v)}\n" for k, v in run.items())
+    grid.write_text(f"[base]\n{table}\n[runs.x]\n{entry}")
+    try:
+        specs = sweep.plan(sweep.load_grid(str(grid)), seeds=1)
+    except UserError as exc:
+        assert "\n" not in str(exc) and str(exc)
+    else:
+        assert all(config.full_config(spec.config) == spec.config for spec in specs)
