@@ -84,7 +84,7 @@ def agop_command(
     samples: int = typer.Option(2000, "--samples", min=1, help="Rows the AGOP averages over (all if fewer)."),
     seed: int = SeedOpt,
     as_json: bool = JsonOpt,
-    plot: Path | None = typer.Option(None, "--plot", help="Write the AGOP spectra (whole and per field) to a PNG."),
+    plot: Path | None = typer.Option(None, "--plot", help="AGOP spectra (whole and per field): .png, .pdf or .svg."),
 ) -> None:
     """AGOP of the logit wrt the field embeddings: which directions and fields the model uses.
 
@@ -112,9 +112,8 @@ def agop_command(
     if plot is not None:
         d = result.dim // len(names)
         top_fields = sorted(result.fields, key=lambda f: -f.trace_share)[:8]
-        series = {"AGOP (all fields)": doc["spectrum"]["normalized"]} | {f.field: f.normalized for f in top_fields}
-        title = f"{checkpoint_path.name}: AGOP sqrt-eigenvalues (normalized); 8 most used fields, d = {d}"
-        plots.overlay_spectra(series, plot, title)
+        title = f"{checkpoint_path.name}: AGOP of the logit w.r.t. the embeddings ({len(ids):,} rows, d = {d})"
+        plots.agop_spectra(doc["spectrum"]["normalized"], {f.field: f.normalized for f in top_fields}, plot, title)
     emit(doc, as_json, render_agop, plot)
 
 
@@ -212,7 +211,7 @@ def rfm_command(
     samples: int = typer.Option(500, "--samples", min=2, help="Training samples: the first N rows."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random feature maps."),
     as_json: bool = JsonOpt,
-    plot: Path | None = typer.Option(None, "--plot", help="Write NC1 against depth (three representations) to a PNG."),
+    plot: Path | None = typer.Option(None, "--plot", help="NC1 against depth (3 representations): .png, .pdf, .svg."),
 ) -> None:
     """Deep Recursive Feature Machine: neural collapse of its representations layer by layer.
 

@@ -213,7 +213,7 @@ def sensitivity_command(
     samples: int = typer.Option(500, "--samples", help="Fresh samples drawn from the run's grammar."),
     seed: int = typer.Option(0, "--seed", help="Seed of the samples and of the perturbations."),
     init: bool = typer.Option(False, "--init", help="Measure the network at initialisation (same seed) instead."),
-    plot: Path | None = typer.Option(None, "--plot", help="Write a heat map PNG (layers x levels per kind)."),
+    plot: Path | None = typer.Option(None, "--plot", help="Heat map (layers x levels per kind): .png, .pdf or .svg."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
 ) -> None:
     """S_k(l) = E||f_k(x) - f_k(T_l x)||^2 / E||f_k(x) - f_k(z)||^2 per layer k and perturbation level l.
@@ -223,12 +223,14 @@ def sensitivity_command(
 
     Example: dcollapse hierarchy sensitivity runs/srhm-cnn.pt --plot runs/srhm-cnn-sens.png
     """
-    from dcollapse import checkpoint
-    from dcollapse.hierarchy.sensitivity import measure, plot_heatmap
+    from dcollapse import checkpoint, plots
+    from dcollapse.hierarchy.sensitivity import measure
     from dcollapse.hierarchy.train import TrainConfig, build_model, load_model
 
     if samples < 2:
         raise UserError(f"--samples {samples}: expected at least 2")
+    if plot is not None:
+        plots.check_plot_path(plot)
     ckpt = checkpoint.load(run)
     net, grammar = load_model(ckpt)
     if init:
@@ -237,7 +239,7 @@ def sensitivity_command(
     result = measure(net, grammar, meta["encoding"], meta["whitening"], samples, seed)
     title = f"{run}{' at initialisation' if init else ''}: sensitivity S_k(l)"
     if plot is not None:
-        plot_heatmap(result, plot, title)
+        plots.sensitivity_heatmap(result.values, result.layers, result.levels, plot, title)
     if as_json:
         print_json({"checkpoint": str(run), "init": init, **asdict(result)})
         return
@@ -257,27 +259,6 @@ def _parse_sizes(text: str) -> list[int]:
     return sizes
 
 
-def _plot_curve(points: list[CurvePoint], summary: dict[str, Any], path: Path) -> None:
-    from matplotlib.figure import Figure
-
-    from dcollapse import plots
-    from dcollapse.hierarchy.sensitivity import KINDS
-
-    sizes = [p.train_size for p in points]
-    fig = Figure(figsize=(6, 4), layout="tight")
-    ax = fig.subplots()
-    ax.plot(sizes, [p.test_error for p in points], "o-", label="test error")
-    for kind in KINDS:
-        ax.plot(sizes, [p.last_hidden(kind) for p in points], "s--", label=f"S_L(1) {kind}")
-    ax.axvline(summary["predicted"], color="gray", ls=":", label="predicted P* (no prefactor)")
-    if summary["p_star"]:
-        ax.axvline(summary["p_star"], color="k", ls="-.", label="measured P* (50% error)")
-    ax.set_xscale("log")
-    ax.set_xlabel("training-set size P")
-    ax.legend(fontsize=7)
-    plots.save_figure(fig, path, dpi=120)
-
-
 @hierarchy_app.command("curve")
 @handles_errors
 def curve_command(
@@ -295,7 +276,7 @@ def curve_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the initialisation and batch order (same for every P)."),
     samples: int = typer.Option(500, "--samples", help="Samples for the sensitivity measurement."),
     runs_dir: Path | None = typer.Option(None, "--runs-dir", help="Also keep each run's checkpoint here (P<size>.pt)."),
-    plot: Path | None = typer.Option(None, "--plot", help="Write test error and sensitivities vs P as a PNG."),
+    plot: Path | None = typer.Option(None, "--plot", help="Test error and sensitivities vs P: .png, .pdf or .svg."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
 ) -> None:
     """Test error and last-hidden-layer sensitivities against P, with the measured and predicted P*.
@@ -304,10 +285,13 @@ def curve_command(
 
     Example: dcollapse hierarchy curve data/srhm --train-sizes 100,300,1000,3000,10000 --arch cnn --json
     """
-    from dcollapse import checkpoint
+    from dcollapse import checkpoint, plots
     from dcollapse.hierarchy.curve import learning_curve
     from dcollapse.hierarchy.sensitivity import KINDS
     from dcollapse.hierarchy.train import TrainConfig
+
+    if plot is not None:
+        plots.check_plot_path(plot)
 
     config = TrainConfig(
         arch=arch, width=width, train_size=1, test_size=test_size, epochs=epochs, batch_size=batch_size, lr=lr,
@@ -328,7 +312,9 @@ def curve_command(
 
     points, summary = learning_curve(data_dir, config, sizes, samples, on_point, on_checkpoint)
     if plot is not None:
-        _plot_curve(points, summary, plot)
+        sensitivities = {kind: [p.last_hidden(kind) for p in points] for kind in KINDS}
+        sizes, errors = [p.train_size for p in points], [p.test_error for p in points]
+        plots.learning_curve(sizes, errors, sensitivities, summary["predicted"], summary["p_star"], plot)
     if as_json:
         print_json({**summary, "points": [asdict(p) for p in points]})
         return

@@ -82,59 +82,6 @@ def render_dynamics(doc: dict[str, Any]) -> None:
     )
 
 
-def plot_single(doc: dict[str, Any], path: Path) -> None:
-    from matplotlib.figure import Figure
-
-    from dcollapse import plots
-
-    dist = doc["results"][0]["order"]
-    fig = Figure(figsize=(6.5, 3.8), layout="constrained")
-    ax = fig.subplots()
-    ax.bar(dist["orders"], dist["positive"], color="tab:red", label="positive")
-    ax.bar(dist["orders"], dist["negative"], color="tab:blue", label="negative")
-    ax.axhline(0, color="black", linewidth=0.6)
-    ax.set_xlabel("order |S|")
-    ax.set_ylabel("normalised strength")
-    ax.set_xticks(dist["orders"])
-    ax.legend(fontsize=8)
-    ax.set_title(f"{Path(doc['results'][0]['checkpoint']).name}: interaction strength by order", fontsize=10)
-    plots.save_figure(fig, path)
-
-
-def plot_dynamics(doc: dict[str, Any], path: Path) -> None:
-    import numpy as np
-    from matplotlib.figure import Figure
-
-    from dcollapse import plots
-
-    phase, gap = doc["phase"], doc["loss_gap"]
-    epochs = [r["epoch"] for r in doc["results"]]
-    heat = np.array([[p - q for p, q in zip(r["order"]["positive"], r["order"]["negative"], strict=True)]
-                     for r in doc["results"]]).T  # fmt: skip
-    fig = Figure(figsize=(7.5, 6.0), layout="constrained")
-    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
-    image = top.imshow(heat, aspect="auto", origin="lower", cmap="viridis",
-                       extent=(-0.5, len(epochs) - 0.5, 0.5, heat.shape[0] + 0.5))  # fmt: skip
-    fig.colorbar(image, ax=top, label="normalised strength")
-    top.set_ylabel("order |S|")
-    top.set_title("interaction strength by order over training", fontsize=10)
-    steps = np.arange(len(epochs))
-    bottom.plot(steps, phase["high_order_mass"], marker="o", color="tab:purple",
-                label=f"mass of orders >= {phase['from_order']}")  # fmt: skip
-    bottom.set_ylabel("high-order mass")
-    bottom.axvline(epochs.index(phase["boundary_epoch"]), color="tab:purple", linestyle="--", linewidth=1)
-    gaps = dict(zip(gap["epochs"], gap["gap"], strict=True))
-    twin = bottom.twinx()
-    twin.plot(steps, [gaps.get(e, np.nan) for e in epochs], marker="s", color="tab:orange", label="valid - train loss")
-    twin.set_ylabel("valid - train loss")
-    if gap["onset_epoch"] in epochs:
-        twin.axvline(epochs.index(gap["onset_epoch"]), color="tab:orange", linestyle=":", linewidth=1)
-    bottom.set_xticks(steps, [str(e) for e in epochs])
-    bottom.set_xlabel("epoch")
-    fig.legend(loc="lower center", ncols=2, fontsize=8, bbox_to_anchor=(0.5, -0.04))
-    plots.save_figure(fig, path)
-
-
 # ----------------------------------------------------------------------------------------------- command
 
 
@@ -157,7 +104,7 @@ def interactions(
     show: int = typer.Option(10, "--show", min=1, help="How many of the strongest interactions to list."),
     seed: int = typer.Option(0, "--seed", help="Seed of the sample draw."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout instead of tables."),
-    plot: Path | None = typer.Option(None, "--plot", help="Write a PNG: order bars, or the heat map over epochs."),
+    plot: Path | None = typer.Option(None, "--plot", help="Order bars, or heat map over epochs: .png, .pdf, .svg."),
 ) -> None:
     """Harsanyi AND-OR interactions between feature fields: which field sets a CTR model's log-odds rely on.
 
@@ -187,7 +134,7 @@ def interactions(
         err.print(Text(f"note: {line}"), soft_wrap=True)
     several = len(doc["results"]) > 1
     if plot is not None:
-        (plot_dynamics if several else plot_single)(doc, plot)
+        (plots.interaction_dynamics if several else plots.interaction_orders)(doc, plot)
     emit(doc, as_json, render_dynamics if several else render_single, plot)
 
 

@@ -106,7 +106,9 @@ def richness_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the row sample."),
     as_json: bool = JsonOpt,
     plot: Path | None = typer.Option(
-        None, "--plot", help="PNG: Q(k)/U(k) curves (one checkpoint) or D_LR and valid AUC per epoch (several)."
+        None,
+        "--plot",
+        help="Figure (.png, .pdf, .svg): Q(k)/U(k) curves (one checkpoint) or D_LR and valid AUC per epoch (several).",
     ),
 ) -> None:
     """Lazy vs rich: how much of the last hidden layer the click head uses (D_LR).
@@ -116,7 +118,6 @@ def richness_command(
 
     Example: dcollapse richness runs/deepfm.epoch*.pt --plot deepfm-richness.png
     """
-    import torch
     from scipy.stats import spearmanr
 
     from dcollapse import plots
@@ -128,14 +129,8 @@ def richness_command(
         doc = docs[0]
         if plot is not None and doc["spectrum"] is not None:
             s = doc["spectrum"]
-            ks = list(range(1, len(s["quality"]) + 1))
-            series = {"Q(k): click labels": (ks, s["quality"]), "U(k): logit": (ks, s["utilisation"])}
-            series["cumulative eigenvalue share"] = (
-                ks,
-                torch.cumsum(torch.tensor(s["relative_eigenvalues"]), 0).tolist(),
-            )
-            title = f"{checkpoints[0].name}: last hidden layer, centred D_LR {doc['d_lr_centered']:.3f}"
-            plots.line_plot(series, plot, title, "top-k eigen-features", "cumulative share", log=False)
+            title = f"{checkpoints[0].name}: last hidden layer, D_LR (centred) {doc['d_lr_centered']:.3f}"
+            plots.richness_spectrum(s["quality"], s["utilisation"], s["relative_eigenvalues"], plot, title)
     else:
         docs.sort(key=lambda d: (d["epoch"] is None, d["epoch"] or 0))
         pairs = [(d["d_lr_centered"], d["nc1"]) for d in docs if d["nc1"] is not None]
@@ -143,13 +138,9 @@ def richness_command(
         doc = {"runs": docs, "spearman_d_lr_centered_vs_nc1": rho}
         if plot is not None:
             rows = [d for d in docs if d["epoch"] is not None]
-            epochs = [d["epoch"] for d in rows]
-            series = {key: (epochs, [d[key] for d in rows]) for key in ("d_lr", "d_lr_centered")}
-            series["valid AUC"] = (
-                epochs,
-                [d["valid_auc"] if d["valid_auc"] is not None else float("nan") for d in rows],
-            )
-            plots.line_plot(series, plot, "Richness and performance over training", "epoch", "value", log=False)
+            columns = {key: [d[key] for d in rows] for key in ("epoch", "d_lr", "d_lr_centered", "valid_auc")}
+            title = f"Richness (D_LR on {split} rows) and validation AUC over training"
+            plots.richness_over_training(*columns.values(), plot, title)
     emit(doc, as_json, render_one if len(docs) == 1 else render_many, plot)
 
 

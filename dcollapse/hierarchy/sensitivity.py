@@ -14,15 +14,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import torch
-from matplotlib.figure import Figure
 
 from dcollapse.hierarchy.generator import Grammar, encode, gaussian_like, perturb, sample
 from dcollapse.hierarchy.models import HierarchicalNet, layer_names
-from dcollapse.plots import save_figure
 
 KINDS = ("synonyms", "positions", "gaussian")
 
@@ -92,19 +88,3 @@ def measure(
     return Sensitivity(layers=layer_names(grammar.L), levels=levels, values=values, samples=n)
 
 
-def plot_heatmap(result: Sensitivity, path: str | Path, title: str = "") -> None:
-    """One panel per perturbation family: layers (rows) x levels (columns), values annotated; PNG, atomic."""
-    fig = Figure(figsize=(3.2 * len(KINDS) + 1, 0.6 * len(result.layers) + 1.8), layout="tight")
-    axes = fig.subplots(1, len(KINDS))
-    for ax, kind in zip(axes, KINDS, strict=True):
-        data = np.array(result.values[kind], dtype=float)
-        image = ax.imshow(data, cmap="viridis", vmin=0, vmax=max(1.0, float(np.nanmax(data, initial=0))))
-        ax.set_xticks(range(len(result.levels)), [str(level) for level in result.levels])
-        ax.set_yticks(range(len(result.layers)), result.layers)
-        ax.set_xlabel("perturbation level l")
-        ax.set_title(kind)
-        for (r, c), value in np.ndenumerate(data):
-            ax.text(c, r, f"{value:.2f}", ha="center", va="center", color="w" if value < 0.6 else "k", fontsize=8)
-        fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.suptitle(title or "sensitivity S_k(l)")
-    save_figure(fig, path, dpi=120)
