@@ -101,12 +101,14 @@ def add_base_changes(rows: list[dict[str, Any]]) -> None:
     keys = [run_key(r) for r in rows]
     for row, key in zip(rows, keys, strict=True):
         i = base_index(key, keys)
-        base = rows[i] if i is not None else None
-        row["base"] = base["checkpoint"] if base else None
-        row["rankme_change_vs_base"] = relative_change(row["rankme"], base["rankme"]) if base else None
-        same_split = base is not None and base["metrics_split"] == row["metrics_split"]
-        ok = same_split and row["auc"] is not None and base["auc"] is not None
-        row["auc_change_vs_base"] = row["auc"] - base["auc"] if ok else None
+        if i is None:
+            row["base"] = row["rankme_change_vs_base"] = row["auc_change_vs_base"] = None
+            continue
+        base = rows[i]
+        row["base"] = base["checkpoint"]
+        row["rankme_change_vs_base"] = relative_change(row["rankme"], base["rankme"])
+        comparable = base["metrics_split"] == row["metrics_split"] and None not in (row["auc"], base["auc"])
+        row["auc_change_vs_base"] = row["auc"] - base["auc"] if comparable else None
 
 
 def label_datasets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -70,7 +70,7 @@ def load_run(
     place = pick_device(device)
     if found.model is not None:
         found.model.to(place)
-        found.tables[0].weight = found.model.embedding.table.detach()
+        found.tables[0].weight = found.model.get_parameter("embedding.table").detach()
     else:
         for table in found.tables:
             table.weight = table.weight.to(place)

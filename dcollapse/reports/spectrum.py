@@ -88,7 +88,11 @@ class SpectrumReport:
         title = f"{Path(self.checkpoint).name}: {what} — normalized singular values"
         if target is None or isinstance(target, str | Path):
             return plots.spectrum_grid(panels, target, title, subtitles=subtitles, highlight=list(BATCH_PANELS))
-        return plots.overlay_on(target, {r["field"]: r["normalized"] for r in self.fields}, title)
+        figure = target.get_figure(root=True)
+        if figure is None:
+            raise ValueError("the Axes belongs to no figure")
+        plots.overlay_on(target, {r["field"]: r["normalized"] for r in self.fields}, title)
+        return figure
 
 
 def field_rows(run: Run) -> list[dict[str, Any]]:
