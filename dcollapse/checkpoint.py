@@ -72,11 +72,26 @@ def contents_problem(obj: dict[str, Any]) -> str | None:
         return problem
     if not all(isinstance(entry, dict) for entry in obj["history"]):
         return "history holds a non-object entry"
+    if not isinstance(obj.get("kind", "ctr"), str):
+        return f"kind is {obj['kind']!r}, expected a name"
+    data = obj.get("data", {})
+    if not (isinstance(data, dict) and isinstance(data.get("path", ""), str)
+            and isinstance(data.get("hash"), str | None)):  # fmt: skip
+        return "data must be {path: str, hash: str}"
     if obj.get("kind", "ctr") == "ctr":
+        from dcollapse.models import model_config
+
+        for i, entry in enumerate(obj["history"]):
+            if not all(isinstance(entry.get(key), int | float) for key in EPOCH_KEYS):
+                return f"history[{i}] lacks a number for one of {', '.join(EPOCH_KEYS)}"
         try:
             check_meta(obj["meta"], "meta")
+            model_config(obj["config"])
         except UserError as exc:
             return str(exc)
+    best = obj.get("best_epoch", 0)
+    if isinstance(best, bool) or not isinstance(best, int) or not 0 <= best <= len(obj["history"]):
+        return f"best_epoch {best!r} is not an epoch of its history ({len(obj['history'])} epochs)"
     if "resume" in obj:
         return resume_problem(obj["resume"], obj["state_dict"])
     return None
@@ -92,11 +107,12 @@ def weights_problem(state: dict[str, Any], name: str) -> str | None:
     return None
 
 
+EPOCH_KEYS = ("epoch", "train_loss", "valid_auc", "valid_logloss")  # in every history entry of a CTR run
 PROGRESS = {"epoch": int, "best_auc": float, "best_epoch": int, "bad_epochs": int}
 
 
 def resume_problem(resume: Any, weights: dict[str, torch.Tensor]) -> str | None:
-    """What is wrong with a ``"resume"`` state: ``{"state_dict", "optimizer": {"state", "param_groups"},
+    """What is wrong with a ``"resume"`` state: ``{"state_dict", "optimizer": {...},
     "progress": {"epoch", "best_auc", "best_epoch", "bad_epochs"}}`` with weights shaped as ``weights``."""
     if not isinstance(resume, dict) or not {"state_dict", "optimizer", "progress"} <= set(resume):
         return "resume must hold state_dict, optimizer and progress"
@@ -111,14 +127,8 @@ def resume_problem(resume: Any, weights: dict[str, torch.Tensor]) -> str | None:
         return "resume.state_dict does not have the names and shapes of state_dict"
     if isinstance(optimizer, dict) and set(optimizer) == {"tables", "dense"}:  # --sparse-emb / --fused-update runs
         optimizer = optimizer["dense"]  # (their tables' state is checked when the optimizer loads it)
-    groups = optimizer.get("param_groups") if isinstance(optimizer, dict) else None
-    if not (isinstance(groups, list) and isinstance(optimizer.get("state"), dict)
-            and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups)):  # fmt: skip
-        return "resume.optimizer is not an optimizer state (state, param_groups)"
-    for value in optimizer["state"].values():
-        for inner in value.values() if isinstance(value, dict) else [None]:
-            if not isinstance(inner, torch.Tensor | int | float):
-                return "resume.optimizer.state holds a non-tensor value"
+    if not isinstance(optimizer, dict):  # its layout depends on the optimizer; restoring it checks the rest
+        return f"resume.optimizer is {type(optimizer).__name__}, expected an optimizer state"
     if not isinstance(progress, dict) or set(progress) != set(PROGRESS):
         return f"resume.progress must hold exactly {', '.join(PROGRESS)}"
     for key, kind in PROGRESS.items():
