@@ -409,8 +409,11 @@ def train(
     progress, history, best_state = Progress(), [], cpu_state(model)
     if resume is not None:
         state = resume["resume"]
-        model.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
+        try:  # checkpoint.load checked the types; whether they fit this model and optimizer shows here
+            model.load_state_dict(state["state_dict"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise UserError(f"--resume: the saved state does not fit the run's model or optimizer ({exc})") from None
         progress = Progress(**state["progress"])
         history, best_state = list(resume["history"]), resume["state_dict"]
     trainer = parallel.wrap(model)
