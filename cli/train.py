@@ -27,7 +27,7 @@ def config_option(key: str) -> inspect.Parameter:
     grids accept and refuse the same values with the same messages; flags are ``--x/--no-x``."""
     rule, kind = config.rule(key), config.FIELDS[key][1]
     default = config.default(key)
-    shown = ",".join(map(str, default)) or "none" if isinstance(default, list) else str(default).lower()
+    shown = (",".join(map(str, default)) or "none") if isinstance(default, list) else str(default).lower()
     help = rule.help if "Default:" in rule.help else f"{rule.help} Default: {shown}."
     if kind is bool:
         no = "--no-" + key.replace("_", "-")
