@@ -7,19 +7,16 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.text import Text
 
-from dcollapse.cli.common import emit, err, handles_errors, out, print_json
+from dcollapse.cli.common import emit, err, handles_errors, out
 from dcollapse.cli.options import DataOpt, JsonOpt
 from dcollapse.cli.render import fmt, report_table
 from dcollapse.errors import UserError
-from dcollapse.reports.runs import load_fixed_batch, load_run, model_line, model_summary
+from dcollapse.reports.runs import model_line
 
 SplitOpt = typer.Option("valid", "--split", help="Split the sample rows are drawn from.")
 SeedOpt = typer.Option(0, "--seed", help="Seed of the row sample.")
-K2_NOTE = (
-    "K = 2 (click / no click): the two centred class means are always antipodal, so NC2 = 0 by construction; "
-    "only NC1 = tr(Sigma_W) / tr(Sigma_B) is informative."
-)
 FIELD_NOTE = (
     "trace share: the field's part of tr(AGOP) (how much the logit moves with it); table rank k = round(RankMe) of "
     "the field's embedding table; AGOP in table top-k: fraction of the field's AGOP along the table's top-k singular "
@@ -30,20 +27,11 @@ RFM_COLUMNS = {"x": "X", "sqrt_m_x": "MX", "phi": "Phi"}
 RFM_LEGEND = "X: layer input (unit rows); MX = M^1/2 X: AGOP projection; Phi = ReLU(W M^1/2 X): random features"
 
 
-def sample_rows(checkpoint_path: Path, data: Path | None, split: str, samples: int, seed: int):
-    """(run, ids [B, F], labels [B]) of the seeded row sample; the dataset is required."""
-    run = load_run(checkpoint_path, data)
-    if run.data is None:
-        raise UserError(f"{checkpoint_path}: {run.skipped}")
-    rows = load_fixed_batch(run.data, split, samples, seed)
-    return run, rows.ids, rows.labels
-
-
 # ----------------------------------------------------------------------------------------------- agop
 
 
 def render_agop(doc: dict[str, Any]) -> None:
-    out.print(f"[bold]{doc['checkpoint']}[/]: {model_line(doc['model'])}", highlight=False)
+    out.print(Text.assemble((doc["checkpoint"], "bold"), f": {model_line(doc['model'])}"))
     s = doc["spectrum"]
     out.print(
         f"AGOP of the logit wrt the concatenated embeddings ({doc['dim']} = F*d) over {doc['samples']:,} "
@@ -94,26 +82,18 @@ def agop_command(
     Example: dcollapse agop runs/deepfm.pt --samples 2000 --plot deepfm-agop.png
     """
     from dcollapse import plots
-    from dcollapse.diagnostics.agop import ctr_agop
+    from dcollapse.diagnostics.agop import agop_report
 
     if plot is not None:
         plots.check_plot_path(plot)
-    run, ids, _ = sample_rows(checkpoint_path, data, split, samples, seed)
-    names = [f["name"] for f in run.ckpt["meta"]["fields"]]
-    with err.status(f"AGOP over {len(ids):,} rows"):
-        result = ctr_agop(run.model, ids, names)
-    doc = {
-        "checkpoint": str(checkpoint_path),
-        "model": model_summary(run.ckpt["config"]),
-        "split": split,
-        "seed": seed,
-        **dataclasses.asdict(result),
-    }
+    with err.status(f"AGOP over up to {samples:,} rows"):
+        doc = agop_report(checkpoint_path, data, split=split, samples=samples, seed=seed)
     if plot is not None:
-        d = result.dim // len(names)
-        top_fields = sorted(result.fields, key=lambda f: -f.trace_share)[:8]
-        title = f"{checkpoint_path.name}: AGOP of the logit w.r.t. the embeddings ({len(ids):,} rows, d = {d})"
-        plots.agop_spectra(doc["spectrum"]["normalized"], {f.field: f.normalized for f in top_fields}, plot, title)
+        d = doc["dim"] // len(doc["fields"])
+        top_fields = sorted(doc["fields"], key=lambda f: -f["trace_share"])[:8]
+        title = f"{checkpoint_path.name}: AGOP of the logit w.r.t. the embeddings ({doc['samples']:,} rows, d = {d})"
+        plots.agop_spectra(doc["spectrum"]["normalized"], {f["field"]: f["normalized"] for f in top_fields}, plot,
+                           title)  # fmt: skip
     emit(doc, as_json, render_agop, plot)
 
 
@@ -135,32 +115,15 @@ def nc_command(
 
     Example: dcollapse nc runs/deepfm.pt --split train --samples 20000
     """
-    import torch
+    from dcollapse.diagnostics.neural_collapse import nc_report
 
-    from dcollapse.diagnostics.neural_collapse import ctr_layer_features, nc_stats
+    doc = nc_report(checkpoint_path, data, split=split, samples=samples, seed=seed)
+    emit(doc, as_json, render_nc)
 
-    run, ids, labels = sample_rows(checkpoint_path, data, split, samples, seed)
-    if torch.unique(labels).numel() < 2:
-        raise UserError(f"{run.data}: the {len(labels):,} sampled {split} rows hold a single label; NC needs both")
-    with torch.no_grad():
-        embeddings = run.model.embed(ids)
-    layers = ctr_layer_features(run.model, embeddings)
-    rows = [
-        {"layer": name, "dim": int(h.shape[1]), **dataclasses.asdict(nc_stats(h, labels))} for name, h in layers.items()
-    ]
-    doc = {
-        "checkpoint": str(checkpoint_path),
-        "model": model_summary(run.ckpt["config"]),
-        "split": split,
-        "samples": len(labels),
-        "click_rate": float(labels.float().mean()),
-        "layers": rows,
-        "note": K2_NOTE,
-    }
-    if as_json:
-        print_json(doc)
-        return
-    out.print(f"[bold]{checkpoint_path}[/]: {model_line(doc['model'])}", highlight=False)
+
+def render_nc(doc: dict[str, Any]) -> None:
+    split, rows = doc["split"], doc["layers"]
+    out.print(Text.assemble((doc["checkpoint"], "bold"), f": {model_line(doc['model'])}"))
     title = f"Neural collapse on {doc['samples']:,} {split} rows (click rate {doc['click_rate']:.3f})"
     table = report_table(title, ["layer", "dim", "NC1", "tr Sigma_W", "tr Sigma_B", "NC2"])
     for r in rows:
@@ -173,7 +136,7 @@ def nc_command(
             f"{r['nc2']:.2g}",
         )
     out.print(table)
-    out.print(K2_NOTE, style="dim", highlight=False)
+    out.print(doc["note"], style="dim", highlight=False)
 
 
 # ----------------------------------------------------------------------------------------------- rfm

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from dcollapse.cli.common import err, handles_errors, out, print_json
@@ -98,31 +99,21 @@ def check_command(
 
     Example: dcollapse hierarchy check data/srhm
     """
-    import numpy as np
+    from dcollapse.hierarchy.generator import check_dataset
 
-    from dcollapse.hierarchy.generator import load_data, parse
-
-    _, grammar, symbols, labels = load_data(data_dir)
-    decoded = parse(grammar, symbols).labels
-    informative = (symbols != grammar.empty).sum(axis=1)
-    result = {
-        "samples": len(labels),
-        "decoded_match": float((decoded == labels).mean()),
-        "informative_ok": bool((informative == grammar.s**grammar.L).all()),
-        "distinct": bool(len(np.unique(symbols, axis=0)) == len(labels)),
-    }
+    result = check_dataset(data_dir)
     if as_json:
         print_json(result)
     else:
-        table = Table(title=f"{data_dir}")
-        for column in ("samples", "labels decoded by the grammar", f"{grammar.s**grammar.L} informative", "distinct"):
+        table = Table(title=escape(str(data_dir)))
+        for column in ("samples", "labels decoded by the grammar", f"{result['informative']} informative", "distinct"):
             table.add_column(column, justify="right")
         table.add_row(
             f"{result['samples']:,}", f"{result['decoded_match']:.2%}", str(result["informative_ok"]),
             str(result["distinct"]),
         )  # fmt: skip
         out.print(table)
-    if result["decoded_match"] < 1 or not result["informative_ok"] or not result["distinct"]:
+    if not result["passed"]:
         raise CheckFailed(f"{data_dir}: the samples do not match their grammar")
 
 

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
 import typer
+from rich.text import Text
 
-from dcollapse.cli.agop import sample_rows
 from dcollapse.cli.common import emit, handles_errors, out
 from dcollapse.cli.options import DataOpt, JsonOpt
 from dcollapse.cli.render import fmt, report_table
-from dcollapse.reports.runs import model_line, model_summary
+from dcollapse.reports.runs import model_line
 
 CURVE_POINTS = (1, 2, 3, 5, 10, 20, 50)
 NOTE = (
@@ -22,42 +21,8 @@ NOTE = (
 )
 
 
-def measure(path: Path, data: Path | None, split: str, samples: int, seed: int) -> dict[str, Any]:
-    """The richness document of one checkpoint."""
-    import torch
-
-    from dcollapse.diagnostics.richness import last_layer, richness
-
-    run, ids, labels = sample_rows(path, data, split, samples, seed)
-    with torch.no_grad():
-        features, outputs = last_layer(run.model, run.model.embed(ids))
-    result = richness(features, outputs, labels)
-    ckpt = run.ckpt
-    epoch = ckpt.get("epoch", ckpt.get("best_epoch"))
-    auc = next((h.get("valid_auc") for h in ckpt.get("history") or [] if h.get("epoch") == epoch), None)
-    tracked = [
-        {
-            "epoch": h["epoch"],
-            "valid_auc": h.get("valid_auc"),
-            "d_lr": h["d_lr"],
-            "d_lr_centered": h.get("d_lr_centered"),
-        }
-        for h in ckpt.get("history") or []
-        if "d_lr" in h
-    ]
-    return {
-        "checkpoint": str(path),
-        "model": model_summary(ckpt["config"]),
-        "split": split,
-        "epoch": epoch,
-        "valid_auc": auc,
-        **dataclasses.asdict(result),
-        "history": tracked,
-    }
-
-
 def render_one(doc: dict[str, Any]) -> None:
-    out.print(f"[bold]{doc['checkpoint']}[/]: {model_line(doc['model'])}", highlight=False)
+    out.print(Text.assemble((doc["checkpoint"], "bold"), f": {model_line(doc['model'])}"))
     title = f"Last hidden layer Phi [{doc['samples']:,} {doc['split']} rows x {doc['features_dim']}] vs the logit"
     table = report_table(title, ["measure", "value"])
     table.add_row("D_LR", fmt(doc["d_lr"]))
@@ -118,30 +83,23 @@ def richness_command(
 
     Example: dcollapse richness runs/deepfm.epoch*.pt --plot deepfm-richness.png
     """
-    from scipy.stats import spearmanr
-
     from dcollapse import plots
+    from dcollapse.diagnostics.richness import richness_report
 
     if plot is not None:
         plots.check_plot_path(plot)
-    docs = [measure(path, data, split, samples, seed) for path in checkpoints]
-    if len(docs) == 1:
-        doc = docs[0]
-        if plot is not None and doc["spectrum"] is not None:
-            s = doc["spectrum"]
-            title = f"{checkpoints[0].name}: last hidden layer, D_LR (centred) {doc['d_lr_centered']:.3f}"
-            plots.richness_spectrum(s["quality"], s["utilisation"], s["relative_eigenvalues"], plot, title)
-    else:
-        docs.sort(key=lambda d: (d["epoch"] is None, d["epoch"] or 0))
-        pairs = [(d["d_lr_centered"], d["nc1"]) for d in docs if d["nc1"] is not None]
-        rho = float(spearmanr(*zip(*pairs, strict=True)).statistic) if len(pairs) >= 3 else None
-        doc = {"runs": docs, "spearman_d_lr_centered_vs_nc1": rho}
-        if plot is not None:
-            rows = [d for d in docs if d["epoch"] is not None]
-            columns = {key: [d[key] for d in rows] for key in ("epoch", "d_lr", "d_lr_centered", "valid_auc")}
-            title = f"Richness (D_LR on {split} rows) and validation AUC over training"
-            plots.richness_over_training(*columns.values(), plot, title)
-    emit(doc, as_json, render_one if len(docs) == 1 else render_many, plot)
+    doc = richness_report(checkpoints, data, split=split, samples=samples, seed=seed)
+    several = "runs" in doc
+    if plot is not None and not several and doc["spectrum"] is not None:
+        s = doc["spectrum"]
+        title = f"{checkpoints[0].name}: last hidden layer, D_LR (centred) {doc['d_lr_centered']:.3f}"
+        plots.richness_spectrum(s["quality"], s["utilisation"], s["relative_eigenvalues"], plot, title)
+    elif plot is not None and several:
+        rows = [d for d in doc["runs"] if d["epoch"] is not None]
+        columns = {key: [d[key] for d in rows] for key in ("epoch", "d_lr", "d_lr_centered", "valid_auc")}
+        title = f"Richness (D_LR on {split} rows) and validation AUC over training"
+        plots.richness_over_training(*columns.values(), plot, title)
+    emit(doc, as_json, render_many if several else render_one, plot)
 
 
 def register(app: typer.Typer) -> None:

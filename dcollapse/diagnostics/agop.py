@@ -12,8 +12,11 @@ requires the predictor to be in eval mode (or to have no sample-coupling layers)
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -196,3 +199,24 @@ def ctr_agop(model: nn.Module, ids: torch.Tensor, field_names: list[str], chunk_
         layers.append(LayerNFA(i, linear.in_features, linear.out_features, corr.corr_agop, corr.corr_sqrt_agop))
     spectrum = SpectrumStats.from_singular_values(singular_values(full).sqrt())
     return CTRAgop(int(ids.shape[0]), num_fields * d, spectrum, fields, layers)
+
+
+def agop_report(checkpoint: str | Path, data: str | Path | None = None, *, split: str = "valid",
+                samples: int = 2000, seed: int = 0) -> dict[str, Any]:  # fmt: skip
+    """The ``dcollapse agop`` document of a ``dcollapse train`` checkpoint: :func:`ctr_agop` on ``samples``
+    seeded rows of ``split``."""
+    from dcollapse.reports.runs import load_run_with_batch, model_summary
+
+    run, rows = load_run_with_batch(checkpoint, data, split, samples, seed)
+    assert run.ckpt is not None and run.model is not None
+    names = [f["name"] for f in run.ckpt["meta"]["fields"]]
+    result = ctr_agop(run.model, rows.ids, names)
+    return {
+        "schema": "dcollapse.agop/1",
+        "checkpoint": run.label,
+        "model": model_summary(run.config),
+        "split": split,
+        "seed": seed,
+        "samples": len(rows),
+        **dataclasses.asdict(result),
+    }

@@ -14,7 +14,10 @@ For K = 2 the two centred means are always antipodal (mu_1 - mu_G = -(mu_2 - mu_
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -93,3 +96,36 @@ def ctr_layer_features(model: torch.nn.Module, embeddings: torch.Tensor) -> dict
     if not captured or captured[-1] is not head_input:
         layers["head input"] = head_input
     return layers
+
+
+K2_NOTE = (
+    "K = 2 (click / no click): the two centred class means are always antipodal, so NC2 = 0 by construction; "
+    "only NC1 = tr(Sigma_W) / tr(Sigma_B) is informative."
+)
+
+
+def nc_report(checkpoint: str | Path, data: str | Path | None = None, *, split: str = "valid",
+              samples: int = 20000, seed: int = 0) -> dict[str, Any]:  # fmt: skip
+    """The ``dcollapse nc`` document: :func:`nc_stats` of every DNN hidden layer of a ``dcollapse train``
+    checkpoint on ``samples`` seeded rows of ``split``, the click labels as the K = 2 classes."""
+    from dcollapse.errors import UserError
+    from dcollapse.reports.runs import load_run_with_batch, model_summary
+
+    run, rows = load_run_with_batch(checkpoint, data, split, samples, seed)
+    assert run.model is not None
+    if torch.unique(rows.labels).numel() < 2:
+        raise UserError(f"{run.data}: the {len(rows):,} sampled {split} rows hold a single label; NC needs both")
+    with torch.no_grad():
+        embeddings = run.model.embed(rows.ids)
+    layers = ctr_layer_features(run.model, embeddings)
+    return {
+        "schema": "dcollapse.nc/1",
+        "checkpoint": run.label,
+        "model": model_summary(run.config),
+        "split": split,
+        "samples": len(rows),
+        "click_rate": float(rows.labels.float().mean()),
+        "layers": [{"layer": name, "dim": int(h.shape[1]), **dataclasses.asdict(nc_stats(h, rows.labels))}
+                   for name, h in layers.items()],  # fmt: skip
+        "note": K2_NOTE,
+    }

@@ -14,7 +14,10 @@ D_LR near 0; lazy (random-like, high-rank) features give D_LR near 1 - C / rank(
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -179,3 +182,48 @@ def richness_snapshot(
     if result.nc1 is not None:
         snapshot |= {"nc1": result.nc1, "nc1_bounded": result.nc1_bounded}
     return snapshot
+
+
+def richness_document(checkpoint: str | Path, data: str | Path | None, split: str, samples: int,
+                      seed: int) -> dict[str, Any]:  # fmt: skip
+    """The richness of one ``dcollapse train`` checkpoint on ``samples`` seeded rows of ``split``, beside the
+    epoch's validation AUC and the D_LR its training history tracked (``train --track richness``)."""
+    import dataclasses
+
+    from dcollapse.reports.runs import load_run_with_batch, model_summary
+
+    run, rows = load_run_with_batch(checkpoint, data, split, samples, seed)
+    assert run.ckpt is not None and run.model is not None
+    with torch.no_grad():
+        features, outputs = last_layer(run.model, run.model.embed(rows.ids))
+    result = richness(features, outputs, rows.labels)
+    ckpt = run.ckpt
+    epoch = ckpt.get("epoch", ckpt.get("best_epoch"))
+    history = ckpt.get("history") or []
+    auc = next((h.get("valid_auc") for h in history if h.get("epoch") == epoch), None)
+    tracked = [{"epoch": h["epoch"], "valid_auc": h.get("valid_auc"), "d_lr": h["d_lr"],
+                "d_lr_centered": h.get("d_lr_centered")} for h in history if "d_lr" in h]  # fmt: skip
+    return {
+        "checkpoint": run.label,
+        "model": model_summary(run.config),
+        "split": split,
+        "epoch": epoch,
+        "valid_auc": auc,
+        **dataclasses.asdict(result),
+        "history": tracked,
+    }
+
+
+def richness_report(checkpoints: Sequence[str | Path], data: str | Path | None = None, *, split: str = "train",
+                    samples: int = 5000, seed: int = 0) -> dict[str, Any]:  # fmt: skip
+    """The ``dcollapse richness`` document: one checkpoint's :func:`richness_document`, or for several (epoch
+    snapshots of one run) the documents by epoch and the Spearman correlation of centred D_LR with NC1."""
+    from scipy.stats import spearmanr
+
+    docs = [richness_document(path, data, split, samples, seed) for path in checkpoints]
+    if len(docs) == 1:
+        return {"schema": "dcollapse.richness/1", **docs[0]}
+    docs.sort(key=lambda d: (d["epoch"] is None, d["epoch"] or 0))
+    pairs = [(d["d_lr_centered"], d["nc1"]) for d in docs if d["nc1"] is not None]
+    rho = float(spearmanr(*zip(*pairs, strict=True)).statistic) if len(pairs) >= 3 else None
+    return {"schema": "dcollapse.richness/1", "runs": docs, "spearman_d_lr_centered_vs_nc1": rho}

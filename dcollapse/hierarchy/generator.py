@@ -413,6 +413,24 @@ def load_data(data_dir: str | Path) -> tuple[dict[str, Any], Grammar, np.ndarray
     return meta, grammar, symbols, labels
 
 
+def check_dataset(data_dir: str | Path) -> dict[str, Any]:
+    """``dcollapse hierarchy check``: does a saved dataset match its grammar? {"samples", "decoded_match" (share of
+    labels the grammar decodes back), "informative_ok" (s^L informative positions in every sample), "distinct"
+    (no repeated sample), "informative" (s^L), "passed"}."""
+    _, grammar, symbols, labels = load_data(data_dir)
+    decoded = parse(grammar, symbols).labels
+    informative = (symbols != grammar.empty).sum(axis=1)
+    result: dict[str, Any] = {
+        "samples": len(labels),
+        "decoded_match": float((decoded == labels).mean()),
+        "informative_ok": bool((informative == grammar.s**grammar.L).all()),
+        "distinct": bool(len(np.unique(symbols, axis=0)) == len(labels)),
+        "informative": int(grammar.s**grammar.L),
+    }
+    result["passed"] = result["decoded_match"] == 1 and result["informative_ok"] and result["distinct"]
+    return result
+
+
 def _file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 

@@ -273,3 +273,16 @@ def tables_listing(source: TableSource) -> dict[str, Any]:
         "notes": list(source.notes),
         "candidates": [{**asdict(c), "shape": list(c.shape)} for c in source.candidates],
     }
+
+
+def load_run_with_batch(
+    source: Any, data: str | Path | None, split: str, size: int, seed: int
+) -> tuple[Run, Split]:
+    """A ``dcollapse train`` run and its fixed seeded batch of ``split`` (for the diagnostics that need the
+    model's forward pass and data: AGOP, neural collapse, richness)."""
+    run = load_run(source, data, device="cpu")
+    if run.model is None:
+        raise UserError(f"{run.label}: needs a `dcollapse train` checkpoint (the model's forward pass)")
+    if run.data is None:
+        raise UserError(f"{run.label}: {run.skipped}")
+    return run, load_fixed_batch(run.data, split, size, seed)
