@@ -204,6 +204,7 @@ class Options(dict[str, Any]):
 
 
 def names_of(options: Mapping[str, Any]) -> Mapping[str, str]:
+    """How the keys of ``options`` were written (empty for a plain dict: keys name themselves)."""
     return options.names if isinstance(options, Options) else {}
 
 
@@ -227,12 +228,13 @@ def expand_alias(options: Mapping[str, Any]) -> Options:
     if not isinstance(model, str) or model.lower() not in MODEL_ALIASES:
         return options
     backbone, arch = MODEL_ALIASES[model.lower()]
-    if options.get("arch", arch) != arch:
+    given = options.get("arch", arch)
+    if not isinstance(given, str) or given.lower() != arch:
         raise UserError(
             f"{options.name('model')} {model} means model {backbone} with arch {arch}; it contradicts "
             f"{options.name('arch')} {options['arch']} (give --model {backbone} --arch {options['arch']})"
         )
-    names = {**options.names, "arch": options.names.get("arch", options.name("model"))}
+    names = {**options.names, "arch": options.names.get("arch", f"arch (from {options.name('model')} {model})")}
     return Options({**options, "model": backbone, "arch": arch}, names)
 
 

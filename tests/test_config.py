@@ -112,6 +112,9 @@ def test_choices_in_any_case_are_stored_in_lower_case():
 def test_arch_with_a_dnn_needs_widths():
     with pytest.raises(UserError, match="arch parallel needs a DNN"):
         config.full_config({"arch": "parallel", "dnn": []})
+    with pytest.raises(UserError, match=re.escape("arch (from model nfm) stacked needs a DNN")):
+        config.full_config({"model": "nfm", "dnn": "none"})
+    assert config.full_config({"model": "NFM", "arch": "Stacked"})["arch"] == "stacked"
 
 
 @pytest.mark.parametrize(("alias", "model", "arch"), [(k, *v) for k, v in config.MODEL_ALIASES.items()])
