@@ -364,7 +364,8 @@ def train(
     """Train, checkpointing to ``out`` after every epoch; returns the final checkpoint dict.
 
     ``resume``: a checkpoint dict from an earlier run of the same config and data; training continues after its
-    last completed epoch, keeping its ``save_every_epoch`` unless one is given (default: off).
+    last completed epoch, keeping its ``save_every_epoch`` unless one is given (default: off) and its
+    ``tensorboard`` directory unless another is given.
     ``on_step(epoch, step, steps, loss)`` and ``on_epoch(history_entry)`` report progress.
     A KeyboardInterrupt leaves the checkpoint of the last completed epoch (best weights so far) in ``out``.
     ``parallel``: this process's rank in a data-parallel run (``dcollapse.distributed.from_env``); only the main
@@ -383,8 +384,10 @@ def train(
         raise UserError(f"{data_dir}: training needs a train and a valid split (have: {', '.join(meta['splits'])})")
     if resume is not None and resume.get("data", {}).get("hash") != meta.get("input_hash"):
         raise UserError(f"{data_dir}: not the dataset the resumed run was trained on (input hash differs)")
+    kept = resume["resume"] if resume is not None else {}  # a resumed run keeps its epoch snapshots and logs
     if save_every_epoch is None:
-        save_every_epoch = bool(resume is not None and resume["resume"].get("save_every_epoch", False))
+        save_every_epoch = bool(kept.get("save_every_epoch", False))
+    tensorboard = tensorboard or kept.get("tensorboard")
     check_model_fits(config, meta, device)
     chunk_rows = int(config["chunk_rows"])  # > 0: stream the train split from Parquet instead of loading it
     splits = {
@@ -427,6 +430,7 @@ def train(
                 "optimizer": optimizer.state_dict(),
                 "progress": vars(progress).copy(),
                 "save_every_epoch": save_every_epoch,  # kept by a resume of this run
+                "tensorboard": str(tensorboard) if tensorboard else None,
             }
         }
 

@@ -256,6 +256,27 @@ def test_cli_resume_keeps_save_every_epoch(tiny, tmp_path):
     assert not (tmp_path / "run.epoch3.pt").exists() and len(checkpoint.load(out)["history"]) == 3
 
 
+def test_resume_keeps_the_tensorboard_directory(tiny, tmp_path, monkeypatch):
+    boards: list[str] = []
+
+    class Board:
+        def __init__(self, directory, fields):
+            boards.append(str(directory))
+
+        def log_epoch(self, entry, model, ids):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(training, "TrainingBoard", Board)
+    out = tmp_path / "run.pt"
+    training.train(tiny, {**SMALL, "epochs": 1}, out, tensorboard=tmp_path / "tb")
+    training.train(tiny, {**SMALL, "epochs": 2}, out, resume=checkpoint.load(out))
+    training.train(tiny, {**SMALL, "epochs": 3}, out, resume=checkpoint.load(out), tensorboard=tmp_path / "tb2")
+    assert boards == [str(tmp_path / "tb"), str(tmp_path / "tb"), str(tmp_path / "tb2")]
+
+
 def test_cli_train_config_file_eval_and_epoch_snapshots(tiny, tmp_path):
     toml = tmp_path / "run.toml"
     toml.write_text('model = "dot"\narch = "stacked"\ndnn = [8]\nemb-dim = 3\nepochs = 5\nbatch_size = 512\n')
