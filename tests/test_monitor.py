@@ -132,6 +132,13 @@ def test_lightning_callback_steps_with_the_trainers_global_step(monkeypatch: pyt
     assert [r["step"] for r in monitor.history] == [10, 20]
 
 
+def test_unwritable_tensorboard_directory_is_one_line(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    (tmp_path / "taken").write_text("a file")
+    with pytest.raises(UserError, match="taken: cannot write TensorBoard logs there"):
+        TrainingBoard(tmp_path / "taken", ["a"])
+
+
 def test_missing_tensorboard_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     with pytest.raises(UserError, match=r"need the tensorboard package: pip install 'dcollapse\[tensorboard\]'"):
