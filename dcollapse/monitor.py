@@ -132,7 +132,7 @@ class CollapseMonitor:
         self.model = model
         self.every_n_steps = every_n_steps
         self.layout, self.notes = source.layout, source.notes
-        self.tables = [
+        self.tables = [  # (state_dict key, field names, first row of each field: int64 [F])
             (t.key, t.fields or [t.name], t.offsets if t.offsets is not None else torch.zeros(1, dtype=torch.int64))
             for t in source.tables
         ]
