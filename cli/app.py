@@ -2,23 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import sys
-import threading
+from dcollapse.cli import signals
 
-
-def _interrupted_while_starting(signum: int, frame: object) -> None:
-    """Ctrl-C (or SIGTERM) while the command modules import (torch takes seconds): nothing is written yet, so
-    leave at once with the exit code of an interrupted command."""
-    sys.stderr.write("interrupted\n")
-    os._exit(130)
-
-
-# Until the commands are registered (end of this module); then both signals raise KeyboardInterrupt in the command,
-# which removes its temporary outputs and exits 130 through the error boundary (cli/common.py).
-_SIGNALS = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ()
-_previous = {sig: signal.signal(sig, _interrupted_while_starting) for sig in _SIGNALS}
+_previous = signals.starting()  # Ctrl-C while the command modules import (torch takes seconds): exit at once
 
 import importlib  # noqa: E402
 
@@ -61,14 +47,9 @@ def _register_all() -> None:
 
 
 _register_all()
-for _sig, _handler in _previous.items():
-    signal.signal(_sig, _handler)
-
-
-def _terminated(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM ends a command as Ctrl-C does: temporary outputs removed, exit 130
+signals.restore(_previous)
 
 
 def main() -> None:
-    signal.signal(signal.SIGTERM, _terminated)
+    signals.starting()  # until the command starts (see dcollapse.cli.signals)
     app()

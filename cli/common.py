@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
+from dcollapse.cli import signals
 from dcollapse.errors import CheckFailed, Notice, UserError
 
 # Tables and reports on stdout. Piped into a file or a CI log there is no terminal width; Rich would then cut the
@@ -45,6 +46,7 @@ def handles_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        signals.command_started()
         try:
             return fn(*args, **kwargs)
         except BrokenPipeError:
