@@ -521,8 +521,31 @@ def _run(job: Callable[[], Any], files: list[Path], writing: Path | None = None)
         culprit = _unreadable(files)
         if culprit is None and writing is not None and "(os error" in str(exc):
             raise UserError(f"{writing}: cannot write ({formats.first_line(exc)})") from None
+        if culprit is not None and culprit.suffix != ".parquet" and (where := _bad_utf8(culprit)):
+            raise UserError(f"{culprit}, {where}") from None
         culprit = culprit or (files[0] if files else "input")
         raise UserError(f"{culprit}: cannot read ({formats.first_line(exc)})") from None
+
+
+def _bad_utf8(path: Path, block_size: int = 1 << 24) -> str | None:
+    """Where the first byte of ``path`` that is not UTF-8 text is ("line L, byte B: ..."), or None."""
+    line, carry, tail = 1, b"", 0  # tail: the bytes of the current line in earlier blocks
+    with path.open("rb") as fh:
+        while block := fh.read(block_size):
+            data, carry = carry + block, b""
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                if exc.reason != "unexpected end of data":
+                    line += data.count(b"\n", 0, exc.start)
+                    newline = data.rfind(b"\n", 0, exc.start)
+                    column = exc.start - newline if newline >= 0 else tail + exc.start + 1
+                    return f"line {line}, byte {column}: {data[exc.start]:#04x} is not UTF-8 text (save it as UTF-8)"
+                data, carry = data[: exc.start], data[exc.start :]  # a character cut by the block's end
+            line += data.count(b"\n")
+            newline = data.rfind(b"\n")
+            tail = len(data) - newline - 1 if newline >= 0 else tail + len(data)
+    return f"line {line}: the file ends inside a UTF-8 character" if carry else None
 
 
 def _unreadable(files: list[Path]) -> Path | None:
