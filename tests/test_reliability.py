@@ -518,6 +518,18 @@ def test_relaunched_command_line_keeps_paths_that_look_like_options():
 # ------------------------------------------------------------------------------ class 11: messages that mislead
 
 
+def test_a_byte_that_is_not_utf8_is_located(tmp_path):
+    raw = criteo_file(tmp_path / "raw.txt", 40)
+    lines = raw.read_bytes().split(b"\n")
+    lines[30] = lines[30].replace(b"\tc", b"\tc\xff", 1)
+    raw.write_bytes(b"\n".join(lines))
+    result = runner.invoke(app, ["preprocess", str(raw), "--format", "criteo", "--out", str(tmp_path / "ds")])
+    assert "line 31, byte" in refused(result, "raw.txt", "0xff")
+    for block in (1, 7, 1 << 24):  # a character cut by a block's end is not an error; the column counts bytes
+        (tmp_path / "t.txt").write_bytes("héllo\nwörld\n".encode() + b"x\xffy\n")
+        assert pp._bad_utf8(tmp_path / "t.txt", block) == "line 3, byte 2: 0xff is not UTF-8 text (save it as UTF-8)"
+
+
 def test_messages_say_what_happened(tmp_path):
     with pytest.raises(UserError, match=r"out/ds: cannot write \(.*No space left on device"):
         pp._run(lambda: pl.LazyFrame({"a": [1]}).sink_parquet("/dev/full"), [], writing=Path("out/ds"))
