@@ -557,3 +557,16 @@ def test_cli_refusals_are_one_line_and_exit_2(tmp_path: Path) -> None:
         assert result.exit_code == 2, result.output
         assert len(lines) == 1 and str(tmp_path / name) in lines[0] and "Traceback" not in result.output, lines
     assert not marker.exists()
+
+
+def test_real_torchfm_deepfm_read_back_split_by_field_dims(tmp_path: Path) -> None:
+    pytest.importorskip("torchfm")
+    from torchfm.model.dfm import DeepFactorizationMachineModel
+
+    field_dims = [10, 20, 7]
+    torch.manual_seed(0)
+    model = DeepFactorizationMachineModel(field_dims, embed_dim=DIM, mlp_dims=(16,), dropout=0.0)
+    torch.save(model.state_dict(), tmp_path / "dfm.pt")
+    source = read_tables(tmp_path / "dfm.pt", field_dims=field_dims)
+    assert source.layout == "concatenated" and source.tables[0].key == "embedding.embedding.weight"
+    assert_matches_numpy(source, blocks(model.embedding.embedding.weight, field_dims, ["field0", "field1", "field2"]))
