@@ -190,7 +190,7 @@ def test_cli_flag_config_file_resume_and_sweep_carry_the_option(tiny, tmp_path):
     result = runner.invoke(app, ["train", str(tiny), "--config", str(toml), "--out", str(tmp_path / "t.pt")])
     assert result.exit_code == 0, result.output
     assert checkpoint.load(tmp_path / "t.pt")["config"]["sparse_emb"] is True
-    result = runner.invoke(app, ["train", "--help"])
+    result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"})  # wide: "lazy Adam" on one line
     assert "--sparse-emb" in result.output and "lazy Adam" in result.output
 
     specs = sweep.plan({"fm": {"model": "fm", "sparse_emb": True}}, 1)
