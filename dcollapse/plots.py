@@ -95,7 +95,7 @@ def spectrum_grid(
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     for ax in axes[:, 0]:
-        ax.set_ylabel(SPECTRUM_YLABEL, fontsize=8)
+        ax.set_ylabel("value / largest (log)", fontsize=8)  # singular values, or eigenvalues (cov(Z))
     for col in range(cols):  # the lowest visible panel of each column
         axes[(n - 1 - col) // cols, col].set_xlabel("index i", fontsize=8)
     fig.suptitle(title, fontsize=10)
@@ -139,7 +139,7 @@ def compare_overlay(doc: Mapping[str, Any], path: str | Path | None) -> Figure:
         if r["batch"] is None:
             continue
         backbone = BACKBONE_NAMES.get(r["backbone"], r["backbone"]) or f"{r['layout']} tables"
-        label = f"{Path(r['checkpoint']).name} ({r['variant']}, RankMe {r['batch']['z']['rankme']:.1f})"
+        label = f"{Path(r['checkpoint']).name} ({r['variant']}, RankMe of Z {r['batch']['z']['rankme']:.1f})"
         groups.setdefault((r["dataset_label"], backbone), {})[label] = r["batch"]["covariance"]["normalized"]
     if not groups:
         raise ValueError("no spectra to plot")

@@ -85,7 +85,7 @@ class SpectrumReport:
         if self.batch is not None:
             subtitles |= {k: f"RankMe {self.batch[v]['rankme']:.1f}" for k, v in BATCH_PANELS.items()}
         what = model_line(self.model) if self.model else f"{self.source['layout']} tables"
-        title = f"{Path(self.checkpoint).name}: {what} — normalized singular values"
+        title = f"{Path(self.checkpoint).name}: {what} — singular values s_i / s_1 (cov(Z): eigenvalues)"
         if target is None or isinstance(target, str | Path):
             return plots.spectrum_grid(panels, target, title, subtitles=subtitles, highlight=list(BATCH_PANELS))
         figure = target.get_figure(root=True)
