@@ -11,6 +11,7 @@ import importlib  # noqa: E402
 import typer  # noqa: E402
 
 from dcollapse import __version__  # noqa: E402
+from dcollapse.cli.options import CommandGroup  # noqa: E402
 
 app = typer.Typer(
     name="dcollapse",
@@ -19,6 +20,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
     add_completion=False,
+    cls=CommandGroup,
 )
 
 

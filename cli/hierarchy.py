@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from dcollapse.cli.common import err, handles_errors, out, print_json
+from dcollapse.cli.options import CommandGroup, JsonOpt
 from dcollapse.errors import CheckFailed, UserError
 
 if TYPE_CHECKING:
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 hierarchy_app = typer.Typer(
     help="Sparse Random Hierarchy Model: train CNN/LCN learners and measure per-layer synonym/position sensitivity.",
     no_args_is_help=True,
+    cls=CommandGroup,
 )
 
 
@@ -50,7 +52,7 @@ def srhm_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the grammar (the production rules)."),
     sample_seed: int = typer.Option(1, "--sample-seed", help="Seed of the sample draws."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
+    as_json: bool = JsonOpt,
 ) -> None:
     """(Sparse) Random Hierarchy Model data with its ground-truth grammar saved beside the samples.
 
@@ -84,14 +86,28 @@ def srhm_command(
     out.print(table)
 
 
+# The learner options `hierarchy train` and `hierarchy curve` share (one declaration each).
+DataDirArg = typer.Argument(..., metavar="DATA_DIR", help="Dataset directory written by `dcollapse synth srhm`.")
+ArchOpt = typer.Option("cnn", "--arch", help="cnn (shared weights) | lcn (locally connected).")
+WidthOpt = typer.Option(256, "--width", help="H: channels of every hidden layer.")
+TestSizeOpt = typer.Option(2000, "--test-size", help="Test samples (the last ones of the data).")
+EpochsOpt = typer.Option(100, "--epochs", help="Maximum epochs (per run).")
+BatchSizeOpt = typer.Option(4, "--batch-size", help="SGD batch size.")
+LrOpt = typer.Option(0.1, "--lr", help="Learning rate; SGD uses lr * width (mean-field readout).")
+MomentumOpt = typer.Option(0.0, "--momentum", help="SGD momentum.")
+LossThresholdOpt = typer.Option(1e-3, "--loss-threshold", help="Stop once the epoch's train loss is below.")
+DtypeOpt = typer.Option("float32", "--dtype", help="float32 | float64.")
+TrainSeedOpt = typer.Option(0, "--seed", help="Seed of the initialisation and the batch order (same for every P).")
+
+
 # ------------------------------------------------------------------------------------------------ check
 
 
 @hierarchy_app.command("check")
 @handles_errors
 def check_command(
-    data_dir: Path = typer.Argument(..., help="Dataset directory written by `dcollapse synth srhm`."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
+    data_dir: Path = DataDirArg,
+    as_json: bool = JsonOpt,
 ) -> None:
     """Verify a dataset against its grammar: labels decode, s^L informative positions, distinct samples.
 
@@ -123,20 +139,20 @@ def check_command(
 @hierarchy_app.command("train")
 @handles_errors
 def train_command(
-    data_dir: Path = typer.Argument(..., help="Dataset directory written by `dcollapse synth srhm`."),
+    data_dir: Path = DataDirArg,
     out_path: Path = typer.Option(..., "--out", "-o", help="Checkpoint to write."),
-    arch: str = typer.Option("cnn", "--arch", help="cnn (shared weights) | lcn (locally connected)."),
-    width: int = typer.Option(256, "--width", help="H: channels of every hidden layer."),
+    arch: str = ArchOpt,
+    width: int = WidthOpt,
     train_size: int = typer.Option(1000, "--train-size", help="P: training samples (the first P of the data)."),
-    test_size: int = typer.Option(2000, "--test-size", help="Test samples (the last ones of the data)."),
-    epochs: int = typer.Option(100, "--epochs", help="Maximum epochs."),
-    batch_size: int = typer.Option(4, "--batch-size", help="SGD batch size."),
-    lr: float = typer.Option(0.1, "--lr", help="Learning rate; SGD uses lr * width (mean-field readout)."),
-    momentum: float = typer.Option(0.0, "--momentum", help="SGD momentum."),
-    loss_threshold: float = typer.Option(1e-3, "--loss-threshold", help="Stop once the epoch's train loss is below."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 | float64."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the initialisation and the batch order."),
-    as_json: bool = typer.Option(False, "--json", help="Print the final metrics as one JSON document."),
+    test_size: int = TestSizeOpt,
+    epochs: int = EpochsOpt,
+    batch_size: int = BatchSizeOpt,
+    lr: float = LrOpt,
+    momentum: float = MomentumOpt,
+    loss_threshold: float = LossThresholdOpt,
+    dtype: str = DtypeOpt,
+    seed: int = TrainSeedOpt,
+    as_json: bool = JsonOpt,
 ) -> None:
     """Train a hierarchical CNN or LCN with SGD + cross-entropy until the train loss is below the threshold.
 
@@ -205,7 +221,7 @@ def sensitivity_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the samples and of the perturbations."),
     init: bool = typer.Option(False, "--init", help="Measure the network at initialisation (same seed) instead."),
     plot: Path | None = typer.Option(None, "--plot", help="Heat map (layers x levels per kind): .png, .pdf or .svg."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
+    as_json: bool = JsonOpt,
 ) -> None:
     """S_k(l) = E||f_k(x) - f_k(T_l x)||^2 / E||f_k(x) - f_k(z)||^2 per layer k and perturbation level l.
 
@@ -253,22 +269,22 @@ def _parse_sizes(text: str) -> list[int]:
 @hierarchy_app.command("curve")
 @handles_errors
 def curve_command(
-    data_dir: Path = typer.Argument(..., help="Dataset directory written by `dcollapse synth srhm`."),
+    data_dir: Path = DataDirArg,
     train_sizes: str = typer.Option("100,300,1000,3000,10000", "--train-sizes", help="Comma-separated P values."),
-    arch: str = typer.Option("cnn", "--arch", help="cnn | lcn."),
-    width: int = typer.Option(256, "--width", help="H: channels of every hidden layer."),
-    test_size: int = typer.Option(2000, "--test-size", help="Test samples (the last ones of the data)."),
-    epochs: int = typer.Option(100, "--epochs", help="Maximum epochs per run."),
-    batch_size: int = typer.Option(4, "--batch-size", help="SGD batch size."),
-    lr: float = typer.Option(0.1, "--lr", help="Learning rate; SGD uses lr * width."),
-    momentum: float = typer.Option(0.0, "--momentum", help="SGD momentum."),
-    loss_threshold: float = typer.Option(1e-3, "--loss-threshold", help="Stop once the epoch's train loss is below."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 | float64."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the initialisation and batch order (same for every P)."),
+    arch: str = ArchOpt,
+    width: int = WidthOpt,
+    test_size: int = TestSizeOpt,
+    epochs: int = EpochsOpt,
+    batch_size: int = BatchSizeOpt,
+    lr: float = LrOpt,
+    momentum: float = MomentumOpt,
+    loss_threshold: float = LossThresholdOpt,
+    dtype: str = DtypeOpt,
+    seed: int = TrainSeedOpt,
     samples: int = typer.Option(500, "--samples", help="Samples for the sensitivity measurement."),
     runs_dir: Path | None = typer.Option(None, "--runs-dir", help="Also keep each run's checkpoint here (P<size>.pt)."),
     plot: Path | None = typer.Option(None, "--plot", help="Test error and sensitivities vs P: .png, .pdf or .svg."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
+    as_json: bool = JsonOpt,
 ) -> None:
     """Test error and last-hidden-layer sensitivities against P, with the measured and predicted P*.
 

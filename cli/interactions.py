@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from dcollapse.cli.common import emit, err, handles_errors, out, progress
+from dcollapse.cli.options import JsonOpt
 
 BAR = "█"
 
@@ -103,7 +104,7 @@ def interactions(
     high_order: int | None = typer.Option(None, "--high-order", help="Dynamics: lowest 'high' order (default n/2)."),
     show: int = typer.Option(10, "--show", min=1, help="How many of the strongest interactions to list."),
     seed: int = typer.Option(0, "--seed", help="Seed of the sample draw."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout instead of tables."),
+    as_json: bool = JsonOpt,
     plot: Path | None = typer.Option(None, "--plot", help="Order bars, or heat map over epochs: .png, .pdf, .svg."),
 ) -> None:
     """Harsanyi AND-OR interactions between feature fields: which field sets a CTR model's log-odds rely on.

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
+import typer.core
 
 from dcollapse.metrics import DEFAULT_BATCH_ROWS, DEFAULT_SEED
 
@@ -21,3 +23,27 @@ DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA when available) | 
 def plot_option(what: str) -> Path | None:
     """``--plot FILE``: write ``what`` to FILE (.png, .pdf or .svg by its extension)."""
     return typer.Option(None, "--plot", metavar="FILE", help=f"Write {what} to FILE (.png, .pdf or .svg).")
+
+
+TYPE_METAVARS = {"int": "INT", "float": "FLOAT", "path": "PATH", "str": "TEXT"}
+
+
+class CommandGroup(typer.core.TyperGroup):
+    """The app's command groups: in ``--help``, flags show no type and other options a plain INT / FLOAT / PATH /
+    TEXT unless they name their own metavar (instead of typer's ``<bool>``, ``<int>`` on every line)."""
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        for param in command.params if command is not None else ():
+            if isinstance(param, typer.core.TyperOption) and param.metavar is None:
+                param.metavar = "" if param.is_flag else plain_metavar(param)
+        return command
+
+
+def plain_metavar(option: typer.core.TyperOption) -> str | None:
+    """INT / FLOAT / PATH / TEXT for typer's ``<int>``-style type labels (None: keep typer's own)."""
+    bare = getattr(option, "bare_type", None)  # typer >= 0.24 labels types itself; older releases say INTEGER etc.
+    if bare is None:
+        return None
+    name = str(bare()).lower()
+    return TYPE_METAVARS.get(name, name.upper())

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from dcollapse.cli.common import handles_errors, out, print_json, progress
+from dcollapse.cli.options import JsonOpt
 from dcollapse.data.preprocess import FORMATS, Options, preprocess
 
 
@@ -68,7 +69,7 @@ def preprocess_command(
     ),
     bad_rows: str = typer.Option("error", "--bad-rows", help="Malformed rows: 'error' (stop) or 'skip' (count them)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
-    as_json: bool = typer.Option(False, "--json", help="Print the dataset description (meta.json) as JSON."),
+    as_json: bool = JsonOpt,
 ) -> None:
     """Preprocess raw CTR data into integer ids per field, with saved vocabularies and train/valid/test splits.
 

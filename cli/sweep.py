@@ -10,6 +10,7 @@ from rich.text import Text
 
 from dcollapse import config
 from dcollapse.cli.common import err, handles_errors, out, print_json, progress
+from dcollapse.cli.options import JsonOpt
 from dcollapse.cli.render import report_table
 from dcollapse.cli.report import render_compare
 from dcollapse.errors import CheckFailed
@@ -56,7 +57,7 @@ def sweep_command(
     title: str | None = typer.Option(
         None, "--title", metavar="TEXT", help="Title of summary.md and the plots (default: the grid)."
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON document instead of tables."),
+    as_json: bool = JsonOpt,
 ) -> None:
     """Train every entry of a grid with N seeds, one run after another; a restarted sweep skips finished runs.
 

@@ -9,8 +9,11 @@ from rich.table import Table
 
 from dcollapse.cli.common import handles_errors, out, print_json
 from dcollapse.cli.hierarchy import register_srhm
+from dcollapse.cli.options import CommandGroup, JsonOpt
 
-synth_app = typer.Typer(help="Synthetic data with a known, planted ground truth.", no_args_is_help=True)
+synth_app = typer.Typer(
+    help="Synthetic data with a known, planted ground truth.", no_args_is_help=True, cls=CommandGroup
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -43,7 +46,7 @@ def ctr_command(
         False, "--preprocessed", help="Write a ready dataset directory (train/valid/test) instead of raw CSV."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
+    as_json: bool = JsonOpt,
 ) -> None:
     """Synthetic CTR data: Zipf ids, planted first-order + low-rank pairwise (+ optional third-order) logit.
 

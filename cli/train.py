@@ -15,6 +15,7 @@ from rich.table import Table
 from dcollapse import config
 from dcollapse.cli.common import err, handles_errors, out, print_json, progress
 from dcollapse.cli.launch import hold_output, records_rank_failures, relaunch
+from dcollapse.cli.options import JsonOpt
 from dcollapse.errors import UserError
 
 RESUMABLE = ("epochs", "patience", "device")  # what may change when a run is resumed
@@ -196,7 +197,7 @@ def eval_command(
         None, "--data", metavar="DATA_DIR", help="Same as DATA_DIR, as the report commands spell it."
     ),
     split: str = typer.Option("test", metavar="NAME", help="Split to evaluate: train | valid | test."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
+    as_json: bool = JsonOpt,
 ) -> None:
     """AUC and logloss of a trained checkpoint on one split of a dataset.
 
@@ -204,7 +205,7 @@ def eval_command(
     """
     from rich.text import Text
 
-    from dcollapse import reports
+    from dcollapse import checkpoint, reports
     from dcollapse.data.dataset import load_split
     from dcollapse.train import evaluate
 
@@ -212,9 +213,7 @@ def eval_command(
         raise config.choice_error("--split", split, SPLITS)
     if data_dir is not None and data is not None and data_dir != data:
         raise UserError("give the dataset once: DATA_DIR or --data")
-    loaded = reports.load_run(run, data_dir or data, device="cpu")
-    if loaded.model is None:
-        raise UserError(f"{run}: not a `dcollapse train` checkpoint (eval needs the model's forward pass)")
+    loaded = reports.load_run(checkpoint.load(run), data_dir or data, device="cpu", label=str(run))
     if loaded.data is None:
         raise UserError(f"{run}: {loaded.skipped}")
     for line in loaded.warnings:

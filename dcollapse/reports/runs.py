@@ -58,10 +58,12 @@ def load_run(
     field_map: str | Path | None = None,
     tables: str | None = None,
     device: str = "auto",
+    label: str | None = None,
 ) -> Run:
     """Read ``source`` (a path, an ``nn.Module``, a state_dict or a tensor) and find the dataset its batch metrics
     can use: ``data`` when given (checked against the run), else the path a ``dcollapse train`` checkpoint stores.
-    ``device`` (auto | cpu | cuda) is where the tables, the model and every spectrum are computed."""
+    ``device`` (auto | cpu | cuda) is where the tables, the model and every spectrum are computed; ``label`` names
+    the run in reports and messages (default: the path, or the object's type)."""
     from dcollapse.device import pick_device
     from dcollapse.sources import read_tables
 
@@ -74,7 +76,7 @@ def load_run(
     else:
         for table in found.tables:
             table.weight = table.weight.to(place)
-    label = str(source) if isinstance(source, str | Path) else type(source).__name__
+    label = label or (str(source) if isinstance(source, str | Path) else type(source).__name__)
     ckpt = found.checkpoint
     if ckpt is None:
         run = Run(label, found, None, None, "batch metrics need --data DIR with fields matching the tables")
