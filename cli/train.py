@@ -65,7 +65,8 @@ def train_command(
     ),
     config_file: Path | None = typer.Option(
         None, "--config", metavar="FILE", rich_help_panel=config.DATA,
-        help="TOML file with any of these options (keys as the long option names, dashes or underscores).",
+        help="TOML file of options (keys as the long option names, dashes or underscores): those of the Data, Model, "
+        "DNN and Optimisation panels, --snapshot-rows, --track, --device, --sparse-emb, --fused-update, --compile.",
     ),
     out_path: Path | None = typer.Option(
         None, "--out", "-o", metavar="CHECKPOINT", rich_help_panel=config.CHECKPOINTS,
