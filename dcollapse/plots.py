@@ -290,13 +290,15 @@ def interaction_dynamics(doc: Mapping[str, Any], path: str | Path | None) -> Fig
     bottom.plot(steps, phase["high_order_mass"], marker="o", color="tab:purple",
                 label=f"share of orders >= {phase['from_order']}")  # fmt: skip
     bottom.set_ylabel("high-order share", color="tab:purple")
-    bottom.axvline(epochs.index(phase["boundary_epoch"]), color="tab:purple", linestyle="--", linewidth=1)
+    bottom.axvline(epochs.index(phase["boundary_epoch"]), color="tab:purple", linestyle="--", linewidth=1,
+                   label=f"phase boundary (epoch {phase['boundary_epoch']})")  # fmt: skip
     gaps = dict(zip(gap["epochs"], gap["gap"], strict=True))
     twin = bottom.twinx()
     twin.plot(steps, [gaps.get(e, np.nan) for e in epochs], marker="s", color="tab:orange", label="valid - train loss")
     twin.set_ylabel("valid - train loss", color="tab:orange")
     if gap["onset_epoch"] in epochs:
-        twin.axvline(epochs.index(gap["onset_epoch"]), color="tab:orange", linestyle=":", linewidth=1)
+        twin.axvline(epochs.index(gap["onset_epoch"]), color="tab:orange", linestyle=":", linewidth=1,
+                     label=f"loss-gap onset (epoch {gap['onset_epoch']})")  # fmt: skip
     bottom.set_xticks(steps, [str(e) for e in epochs])
     bottom.set_xlabel("epoch")
     fig.legend(loc="outside lower center", ncols=2, fontsize=8)

@@ -73,6 +73,8 @@ def test_interaction_figures(tmp_path):
     written(tmp_path / "d.pdf")
     heat = fig.axes[0].get_images()[0].get_array()
     np.testing.assert_allclose(heat[:, 0], [1.0, 0.15, 0.0])  # orders x epochs, net strength of epoch 1
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]  # the marker lines say what they mark
+    assert "phase boundary (epoch 2)" in legend and "loss-gap onset (epoch 2)" in legend and len(legend) == 4
 
 
 def test_sensitivity_heatmap_annotates_every_cell(tmp_path):
