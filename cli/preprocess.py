@@ -32,20 +32,29 @@ def preprocess_command(
         None, "--label", help="csv/parquet: label column (0/1, -1/1 or true/false; default 'label')."
     ),
     positive: str | None = typer.Option(
-        None, "--positive", help="csv/parquet: the label value that means positive (e.g. '>50K'); others are 0."
+        None,
+        "--positive",
+        metavar="VALUE",
+        help="csv/parquet: the label value that means positive (e.g. '>50K'); others are 0.",
     ),
     categorical: list[str] = typer.Option(
         [],
         "--categorical",
+        metavar="COLS",
         help="csv/parquet: columns read as categorical (comma-separated or repeated). Every column not given a "
         "role is used too: integers and strings categorical, floats numeric.",
     ),
     numeric: list[str] = typer.Option(
-        [], "--numeric", help="csv/parquet: columns read as numeric and binned (comma-separated or repeated)."
+        [],
+        "--numeric",
+        metavar="COLS",
+        help="csv/parquet: columns read as numeric and binned (comma-separated or repeated).",
     ),
-    drop: list[str] = typer.Option([], "--drop", help="csv/parquet: columns to leave out (comma-separated)."),
+    drop: list[str] = typer.Option(
+        [], "--drop", metavar="COLS", help="csv/parquet: columns to leave out (comma-separated)."
+    ),
     columns: list[str] = typer.Option(
-        [], "--columns", help="csv: column names of inputs without a header line (comma-separated)."
+        [], "--columns", metavar="NAMES", help="csv: column names of inputs without a header line (comma-separated)."
     ),
     numeric_bins: str = typer.Option(
         "log", "--numeric-bins", help="Numeric binning: 'log' (v > 2 -> int(ln(v)^2)) or N quantile bins."
