@@ -1,7 +1,8 @@
 """Typed configuration of a CTR training run: :class:`ModelConfig` and :class:`TrainConfig`, checked in one place.
 
-Every option of ``dcollapse train`` is a field of one of the two dataclasses: its type, default, allowed values,
-bounds, help text and help panel live there and nowhere else. The command line (``cli/train.py`` builds its options
+Every option of a run's config (what ``dcollapse train`` stores in a checkpoint; not the command-line-only --out,
+--resume, --threads ...) is a field of one of the two dataclasses: its type, default, allowed values, bounds, help
+text and help panel live there and nowhere else. The command line (``cli/train.py`` builds its options
 from these fields), ``--config`` TOML files and sweep grids all end in :func:`full_config`, which checks each value
 against its field and returns the plain dict stored in checkpoints (tuples as lists), so a config has one spelling
 on disk and one set of rules.
