@@ -355,3 +355,20 @@ def test_fuzz_sweep_grids_plan_or_one_line_error(tmp_path, base, run):
         assert "\n" not in str(exc) and str(exc)
     else:
         assert all(config.full_config(spec.config) == spec.config for spec in specs)
+
+
+def test_eval_split_near_miss(tmp_path):
+    line = cli_error(runner.invoke(app, ["eval", str(tmp_path / "run.pt"), "--split", "vaild"]))
+    assert "--split must be one of train, valid, test, not 'vaild' (did you mean 'valid'?)" in line
+
+
+def test_resume_refuses_a_changed_option_named_as_written(tiny, tmp_path):
+    out = tmp_path / "run.pt"
+    assert runner.invoke(app, ["train", str(tiny), "--emb-dim", "4", "--epochs", "1", "--out", str(out)]).exit_code == 0
+    path = tmp_path / "more.toml"
+    path.write_text("epochs = 2\nemb-dim = 8\n")
+    line = cli_error(runner.invoke(app, ["train", "--resume", str(out), "--config", str(path)]))
+    assert line.endswith(f"--resume keeps the run's settings; cannot change {path}:2: emb-dim")
+    path.write_text("epochs = 2\nemb-dim = 4\nmodel = 'FM'\n")  # the same settings, spelled otherwise
+    result = runner.invoke(app, ["train", "--resume", str(out), "--config", str(path)])
+    assert result.exit_code == 0, result.output
