@@ -20,6 +20,7 @@ from dcollapse.errors import UserError
 
 RESUMABLE = ("epochs", "patience", "device")  # what may change when a run is resumed
 SPLITS = ("train", "valid", "test")
+COMMAND_LINE_ONLY = ("out", "resume", "config", "overwrite", "save_every_epoch", "tensorboard", "threads", "nproc")
 
 
 def config_option(key: str) -> inspect.Parameter:
@@ -111,8 +112,13 @@ def train_command(
 
     Example: dcollapse train data/criteo --model deepfm --epochs 2 --out runs/deepfm.pt
     """
+    from_file = config.read_config_file(config_file) if config_file else config.Options()
+    clash = [key for key in from_file if key in COMMAND_LINE_ONLY]
+    if clash:
+        key = clash[0]
+        raise UserError(f"{from_file.name(key)}: {config.flag(key)} is given on the command line, not in a file")
     given = config.merged(
-        config.read_config_file(config_file) if config_file else {},
+        from_file,
         config.Options({k: v for k, v in options.items() if v is not None}, {k: config.flag(k) for k in options}),
     )
 
