@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from dcollapse.cli.common import err, handles_errors, out, print_json
+from dcollapse.cli.common import emit, err, handles_errors, out
 from dcollapse.cli.options import CommandGroup, JsonOpt
 from dcollapse.errors import CheckFailed, UserError
 
@@ -72,10 +72,11 @@ def srhm_command(
     )  # fmt: skip
     summary = {"out": str(out_dir), "samples": meta["samples"], "input_hash": meta["input_hash"], **describe(grammar)}
     summary["predicted_p_star"] = {a: predicted_sample_complexity(grammar, a) for a in ("cnn", "lcn")}
-    if as_json:
-        print_json(summary)
-        return
-    table = Table(title=f"SRHM data -> {out_dir}")
+    emit({"schema": "dcollapse.synth-srhm/1", **summary}, as_json, render_srhm)
+
+
+def render_srhm(summary: dict[str, Any]) -> None:
+    table = Table(title=escape(f"SRHM data -> {summary['out']}"))
     for column in ("samples", "input length", "informative", "distinct possible", "P* CNN (pred.)", "P* LCN (pred.)"):
         table.add_column(column, justify="right")
     table.add_row(
@@ -117,20 +118,21 @@ def check_command(
     """
     from dcollapse.hierarchy.generator import check_dataset
 
-    result = check_dataset(data_dir)
-    if as_json:
-        print_json(result)
-    else:
-        table = Table(title=escape(str(data_dir)))
-        for column in ("samples", "labels decoded by the grammar", f"{result['informative']} informative", "distinct"):
-            table.add_column(column, justify="right")
-        table.add_row(
-            f"{result['samples']:,}", f"{result['decoded_match']:.2%}", str(result["informative_ok"]),
-            str(result["distinct"]),
-        )  # fmt: skip
-        out.print(table)
+    result = {"schema": "dcollapse.hierarchy-check/1", "data": str(data_dir), **check_dataset(data_dir)}
+    emit(result, as_json, render_check)
     if not result["passed"]:
         raise CheckFailed(f"{data_dir}: the samples do not match their grammar")
+
+
+def render_check(result: dict[str, Any]) -> None:
+    table = Table(title=escape(result["data"]))
+    for column in ("samples", "labels decoded by the grammar", f"{result['informative']} informative", "distinct"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        f"{result['samples']:,}", f"{result['decoded_match']:.2%}", str(result["informative_ok"]),
+        str(result["distinct"]),
+    )  # fmt: skip
+    out.print(table)
 
 
 # ------------------------------------------------------------------------------------------------ train
@@ -183,15 +185,17 @@ def train_command(
     last = ckpt["history"][-1]
     result = {"out": str(out_path), "epochs": last["epoch"], "stopped": ckpt["stopped"], **ckpt["test"]}
     result["train_loss"] = last["train_loss"]
-    if as_json:
-        print_json(result)
-        return
-    table = Table(title=str(out_path))
+    emit({"schema": "dcollapse.hierarchy-train/1", "arch": arch, "train_size": train_size, **result}, as_json,
+         render_train)  # fmt: skip
+
+
+def render_train(result: dict[str, Any]) -> None:
+    table = Table(title=escape(result["out"]))
     for column in ("arch", "P", "epochs", "stopped", "train loss", "test error", "test loss"):
         table.add_column(column, justify="right")
     table.add_row(
-        arch, f"{train_size:,}", str(last["epoch"]), ckpt["stopped"], f"{last['train_loss']:.2e}",
-        f"{ckpt['test']['error']:.4f}", f"{ckpt['test']['loss']:.4f}",
+        result["arch"], f"{result['train_size']:,}", str(result["epochs"]), result["stopped"],
+        f"{result['train_loss']:.2e}", f"{result['error']:.4f}", f"{result['loss']:.4f}",
     )  # fmt: skip
     out.print(table)
 
@@ -247,10 +251,8 @@ def sensitivity_command(
     title = f"{run}{' at initialisation' if init else ''}: sensitivity S_k(l)"
     if plot is not None:
         plots.sensitivity_heatmap(result.values, result.layers, result.levels, plot, title)
-    if as_json:
-        print_json({"checkpoint": str(run), "init": init, **asdict(result)})
-        return
-    out.print(_sensitivity_table(result, title))
+    doc = {"schema": "dcollapse.hierarchy-sensitivity/1", "checkpoint": str(run), "init": init, **asdict(result)}
+    emit(doc, as_json, lambda _: out.print(_sensitivity_table(result, escape(title))), plot)
 
 
 # ------------------------------------------------------------------------------------------------ curve
@@ -322,10 +324,14 @@ def curve_command(
         sensitivities = {kind: [p.last_hidden(kind) for p in points] for kind in KINDS}
         sizes, errors = [p.train_size for p in points], [p.test_error for p in points]
         plots.learning_curve(sizes, errors, sensitivities, summary["predicted"], summary["p_star"], plot)
-    if as_json:
-        print_json({**summary, "points": [asdict(p) for p in points]})
-        return
-    table = Table(title=f"{data_dir}: {arch} learning curve")
+    doc = {"schema": "dcollapse.hierarchy-curve/1", **summary, "points": [asdict(p) for p in points]}
+    emit(doc, as_json, lambda _: render_curve(points, summary, escape(f"{data_dir}: {arch} learning curve")), plot)
+
+
+def render_curve(points: list[CurvePoint], summary: dict[str, Any], title: str) -> None:
+    from dcollapse.hierarchy.sensitivity import KINDS
+
+    table = Table(title=title)
     for column in ("P", "epochs", "stopped", "test error", *(f"S_L(1) {k[:3]}" for k in KINDS)):
         table.add_column(column, justify="right")
     for p in points:

@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from dcollapse.cli.common import handles_errors, out, print_json, progress
+from dcollapse.cli.common import emit, handles_errors, out, progress
 from dcollapse.cli.options import JsonOpt
 from dcollapse.data.preprocess import FORMATS, Options, preprocess
 
@@ -113,18 +114,19 @@ def preprocess_command(
 
         meta = preprocess([str(p) for p in inputs], out_dir, options, overwrite=overwrite, on_stage=on_stage)
         bar.update(task, completed=3)
-    if as_json:
-        print_json(meta)
-    else:
-        out.print(summary_table(meta, out_dir))
-        for note in meta.get("notes", []):
-            out.print(f"note: {note}", highlight=False, soft_wrap=True)
+    emit(meta, as_json, lambda doc: render_summary(doc, out_dir))
+
+
+def render_summary(meta: dict[str, Any], out_dir: Path) -> None:
+    out.print(summary_table(meta, out_dir))
+    for note in meta.get("notes", []):
+        out.print(f"note: {note}", highlight=False, soft_wrap=True)
 
 
 def summary_table(meta: dict[str, Any], out_dir: Path) -> Table:
     """Rows and positive rate per split, then every field's kind and vocabulary size, and (csv/parquet) how every
     input column was used and why."""
-    table = Table(title=f"dataset {out_dir}", show_lines=False)
+    table = Table(title=escape(f"dataset {out_dir}"), show_lines=False)
     table.add_column("item")
     table.add_column("kind / rows", justify="right")
     table.add_column("vocab / positive rate", justify="right")

@@ -9,7 +9,7 @@ import typer
 from rich.text import Text
 
 from dcollapse import config
-from dcollapse.cli.common import err, handles_errors, out, print_json, progress
+from dcollapse.cli.common import emit, err, handles_errors, out, progress
 from dcollapse.cli.options import JsonOpt
 from dcollapse.cli.render import report_table
 from dcollapse.cli.report import render_compare
@@ -108,20 +108,21 @@ def sweep_command(
 
     summary = sweep.summarize(results)
     written = sweep.write_summary(summary, runs_dir, title or f"{grid} grid on {data_dir.name}")
-    if as_json:
-        print_json(summary)
-    else:
-        finished = [runs_dir / f"{r['name']}.pt" for r in results if r["status"] == "ok"]
-        if finished:
-            from dcollapse import reports
+    finished = [runs_dir / f"{r['name']}.pt" for r in results if r["status"] == "ok"]
 
+    def render(summary: dict[str, Any]) -> None:
+        from dcollapse import reports
+
+        if finished:
             render_compare(reports.compare_report([reports.load_run(path) for path in finished]).to_dict())
         table = report_table(f"Mean ± std over seeds ({runs_dir})", list(sweep.SUMMARY_COLUMNS), left=2)
         for row in summary["groups"]:
             table.add_row(*sweep.summary_cells(row))
-        table.caption = "Δ: against the base run (no DNN) of the same backbone and seed"
+        table.caption = "Δ: against the base run (no DNN) of the same backbone (same seed where there is one)"
         out.print(table)
         err.print("wrote " + ", ".join(str(path) for path in written.values()), highlight=False)
+
+    emit(summary, as_json, render)
     if summary["failed"]:
         names = ", ".join(f["name"] for f in summary["failed"])
         raise CheckFailed(f"{len(summary['failed'])} run(s) failed: {names} (rerun the sweep to retry them)")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from dcollapse.cli.common import handles_errors, out, print_json
+from dcollapse.cli.common import emit, handles_errors, out
 from dcollapse.cli.hierarchy import register_srhm
 from dcollapse.cli.options import CommandGroup, JsonOpt
 
@@ -75,13 +77,15 @@ def ctr_command(
     else:
         truth = write_ctr_csv(out_path, rows, fields, seed, overwrite=overwrite, **kwargs)
         summary = {"all": {"rows": rows, "mean_prob": float(truth.prob.mean())}}
-    if as_json:
-        print_json({"out": str(out_path), "preprocessed": preprocessed, "splits": summary})
-        return
-    table = Table(title=f"synthetic CTR data -> {out_path}")
+    doc = {"schema": "dcollapse.synth-ctr/1", "out": str(out_path), "preprocessed": preprocessed, "splits": summary}
+    emit(doc, as_json, render_ctr)
+
+
+def render_ctr(doc: dict[str, Any]) -> None:
+    table = Table(title=escape(f"synthetic CTR data -> {doc['out']}"))
     table.add_column("split")
     table.add_column("rows", justify="right")
     table.add_column("true click rate", justify="right")
-    for name, s in summary.items():
+    for name, s in doc["splits"].items():
         table.add_row(name, f"{s['rows']:,}", f"{s['mean_prob']:.4f}")
     out.print(table)

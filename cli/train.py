@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from dcollapse import config
-from dcollapse.cli.common import err, handles_errors, out, print_json, progress
+from dcollapse.cli.common import emit, err, handles_errors, out, progress
 from dcollapse.cli.launch import hold_output, records_rank_failures, relaunch
 from dcollapse.cli.options import JsonOpt
 from dcollapse.errors import UserError
@@ -227,11 +227,12 @@ def eval_command(
         err.print(Text(f"warning: {line}", style="yellow"), soft_wrap=True)
     data_dir = loaded.data
     metrics = evaluate(loaded.model, load_split(data_dir, split), split)
-    result = {"checkpoint": str(run), "data": str(data_dir), "split": split, **metrics}
-    if as_json:
-        print_json(result)
-        return
-    table = Table(title=escape(f"{run} on {split}"))
+    result = {"schema": "dcollapse.eval/1", "checkpoint": str(run), "data": str(data_dir), "split": split, **metrics}
+    emit(result, as_json, render_eval)
+
+
+def render_eval(result: dict[str, Any]) -> None:
+    table = Table(title=escape(f"{result['checkpoint']} on {result['split']}"))
     for column in ("rows", "AUC", "logloss"):
         table.add_column(column, justify="right")
     table.add_row(f"{result['rows']:,}", f"{result['auc']:.4f}", f"{result['logloss']:.4f}")

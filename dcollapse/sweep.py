@@ -360,6 +360,7 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
         row["cov_spectrum"] = np.mean([s[:width] for s in spectra], axis=0).tolist() if spectra else []
         rows.append(row)
     return {
+        "schema": "dcollapse.sweep/1",
         "runs": len(results),
         "ok": len(ok),
         "failed": [{"name": r["name"], "error": r["error"]} for r in results if r["status"] != "ok"],
@@ -438,6 +439,7 @@ def write_summary(summary: Mapping[str, Any], runs_dir: str | Path, title: str) 
         series = {name: values for name, values in series.items() if values}
         if series:
             path = runs_dir / f"spectra-{model}.png"
-            plots.overlay_spectra(series, path, f"{title}: normalized eigenvalues of cov(Z), {model}, mean over seeds")
+            title_line = f"{title}: normalized eigenvalues of cov(Z), {model}, mean over seeds"
+            plots.overlay_spectra(series, path, title_line, ylabel=plots.EIGEN_YLABEL)
             written[f"png-{model}"] = path
     return written
