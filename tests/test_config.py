@@ -372,3 +372,10 @@ def test_resume_refuses_a_changed_option_named_as_written(tiny, tmp_path):
     path.write_text("epochs = 2\nemb-dim = 4\nmodel = 'FM'\n")  # the same settings, spelled otherwise
     result = runner.invoke(app, ["train", "--resume", str(out), "--config", str(path)])
     assert result.exit_code == 0, result.output
+
+
+def test_a_command_line_only_option_in_a_config_file_says_so(tiny, tmp_path, no_training):
+    path = tmp_path / "run.toml"
+    path.write_text('emb_dim = 4\nout = "run.pt"\n')
+    line = cli_error(runner.invoke(app, ["train", str(tiny), "--config", str(path), "--out", str(tmp_path / "r")]))
+    assert line == f"error: {path}:2: out: --out is given on the command line, not in a file"
