@@ -204,7 +204,7 @@ def rfm_command(
             )
         except ValueError as exc:
             raise UserError(f"{dataset}: {exc}") from None
-    doc = {"dataset": dataset, **dataclasses.asdict(result)}
+    doc = {"schema": "dcollapse.rfm/1", "dataset": dataset, **dataclasses.asdict(result)}
     if plot is not None:
         layers = [layer.layer for layer in result.layers]
         series = {RFM_LABELS[r]: (layers, [getattr(layer, r).nc1 for layer in result.layers]) for r in REPRESENTATIONS}
