@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -31,7 +32,7 @@ def bar(value: float, width: int = 30) -> str:
 def render_single(doc: dict[str, Any]) -> None:
     r = doc["results"][0]
     mode = "sparse AND-OR" if doc["options"]["sparse"] else "AND (Harsanyi)"
-    table = Table(title=f"{r['checkpoint']}: {mode} interactions between {len(doc['players'])} fields")
+    table = Table(title=escape(f"{r['checkpoint']}: {mode} interactions between {len(doc['players'])} fields"))
     for column, justify in (("order", "right"), ("positive", "right"), ("negative", "right"), ("strength", "left")):
         table.add_column(column, justify=justify)
     dist = r["order"]

@@ -138,8 +138,8 @@ def summary_table(meta: dict[str, Any], out_dir: Path) -> Table:
     why = {c["name"]: c["why"] for c in meta.get("columns", [])}
     for f in meta["fields"]:
         kind = f"{f['kind']} ({why[f['name']]})" if f["name"] in why else f["kind"]
-        table.add_row(f"field {f['name']}", kind, f"{f['vocab_size']:,}")
+        table.add_row(escape(f"field {f['name']}"), escape(kind), f"{f['vocab_size']:,}")  # names as they are
     for c in meta.get("columns", []):
         if c["kind"] in ("label", None):
-            table.add_row(f"column {c['name']}", "label" if c["kind"] else "dropped", c["why"])
+            table.add_row(escape(f"column {c['name']}"), "label" if c["kind"] else "dropped", escape(c["why"]))
     return table
