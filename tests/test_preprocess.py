@@ -266,7 +266,7 @@ def test_bad_rows_skip_counts_them(tmp_path):
         (lambda d: (d / "out").mkdir() or (d / "t.txt").write_text(criteo_row() + "\n"),
          ["t.txt", "--format", "criteo"], "out: already exists (pass --overwrite"),
         (lambda d: (d / "b.txt").write_bytes(b"\xff\xfe\x00\x80\n"), ["b.txt", "--format", "criteo"],
-         "b.txt: cannot read"),
+         "b.txt, line 1, byte 1: 0xff is not UTF-8 text"),
         (lambda d: (d / "t.txt").write_text(criteo_row() + "\n"), ["t.txt", "--format", "xml"], "--format must be"),
         (lambda d: (d / "t.txt").write_text(criteo_row() + "\n"), ["t.txt", "--format", "criteo", "--seed", "-1"],
          "--seed must be >= 0"),
