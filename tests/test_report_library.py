@@ -130,6 +130,11 @@ def test_analyze_live_objects_and_plots(trained, tmp_path):
     assert dcollapse.analyze(module).fields[0]["vocab_size"] == 50
     figure = report.plot()
     assert figure.axes  # a Figure for notebooks, nothing written
+    from matplotlib.figure import Figure
+
+    canvas = Figure()
+    ax = canvas.subplots()
+    assert report.plot(ax) is canvas and ax.get_lines()  # drawn on the caller's Axes
     path = report.plot(tmp_path / "spectrum.pdf")
     assert (tmp_path / "spectrum.pdf").read_bytes()[:4] == b"%PDF" and path is not None
 
@@ -208,3 +213,56 @@ def test_a_dataset_made_with_apply_is_not_warned_about_its_input_hash(tmp_path):
     assert check_dataset(tmp_path / "b", ckpt, "run.pt") == [
         f"{tmp_path / 'b'}: input hash differs from the one run.pt was trained on"
     ]
+
+
+# ------------------------------------------------------------------------------------------------ foreign models
+
+
+def test_spectrum_and_compare_read_other_libraries_models(trained, tmp_path):
+    """A DeepCTR-Torch-style state_dict whose tables match the dataset's fields by name: per-field report, the batch
+    view through --data, compare beside a dcollapse run; a concatenated table split by --field-dims."""
+    from dcollapse.data.dataset import load_meta
+
+    meta = load_meta(trained["data"])
+    rng = np.random.default_rng(0)
+    state = {f"embedding_dict.{f['name']}.weight": torch.tensor(rng.standard_normal((f["vocab_size"], 6)),
+             dtype=torch.float32) for f in meta["fields"]}  # fmt: skip
+    state["linear_model.embedding_dict.f1.weight"] = torch.zeros(meta["fields"][0]["vocab_size"], 1)
+    torch.save(state, tmp_path / "deepctr.pt")
+    runner = CliRunner()
+    doc = json.loads(runner.invoke(app, ["spectrum", str(tmp_path / "deepctr.pt"), "--json"]).stdout)
+    assert doc["source"]["layout"] == "deepctr" and doc["model"] is None and doc["batch"] is None
+    assert [f["field"] for f in doc["fields"]] == [f["name"] for f in meta["fields"]]
+    first = state[f"embedding_dict.{meta['fields'][0]['name']}.weight"].numpy()
+    assert doc["fields"][0]["ia"] == pytest.approx(numpy_ia(first), rel=1e-6)
+    with_data = runner.invoke(app, ["spectrum", str(tmp_path / "deepctr.pt"), "--data", str(trained["data"]),
+                                    "--json"])  # fmt: skip
+    batch = json.loads(with_data.stdout)["batch"]
+    from dcollapse.reports import load_fixed_batch
+
+    ids = load_fixed_batch(trained["data"]).ids.numpy()
+    z = np.concatenate([state[f"embedding_dict.{f['name']}.weight"].numpy()[ids[:, i]]
+                        for i, f in enumerate(meta["fields"])], axis=1)  # fmt: skip
+    s = np.linalg.svd(z.astype(np.float64), compute_uv=False)
+    p = s / s.sum() + 1e-7
+    assert batch["z"]["rankme"] == pytest.approx(float(np.exp(-(p * np.log(p)).sum())), rel=1e-6)
+
+    mixed = json.loads(runner.invoke(app, ["compare", str(trained["fm"]), str(tmp_path / "deepctr.pt"),
+                                           "--json"]).stdout)  # fmt: skip
+    foreign = next(r for r in mixed["runs"] if r["layout"] == "deepctr")
+    assert foreign["auc"] is None and foreign["base"] is None and foreign["mean_field_ia"] > 0
+    table = runner.invoke(app, ["compare", str(trained["fm"]), str(tmp_path / "deepctr.pt")])
+    assert table.exit_code == 0 and "deepctr tables" in table.stdout
+
+    concatenated = torch.tensor(rng.standard_normal((30, 4)), dtype=torch.float32)
+    torch.save({"embedding.embedding.weight": concatenated}, tmp_path / "torchfm.pt")
+    split = json.loads(runner.invoke(app, ["spectrum", str(tmp_path / "torchfm.pt"), "--field-dims", "10,20",
+                                           "--json"]).stdout)  # fmt: skip
+    assert [f["vocab_size"] for f in split["fields"]] == [10, 20]
+    assert split["fields"][1]["ia"] == pytest.approx(numpy_ia(concatenated.numpy()[10:]), rel=1e-6)
+    listing = json.loads(runner.invoke(app, ["spectrum", str(tmp_path / "deepctr.pt"), "--list-tables",
+                                             "--json"]).stdout)  # fmt: skip
+    skipped = next(c for c in listing["candidates"] if c["key"].startswith("linear_model"))
+    assert listing["schema"] == "dcollapse.tables/1" and not skipped["chosen"] and skipped["reason"]
+    bad = runner.invoke(app, ["spectrum", str(tmp_path / "torchfm.pt"), "--field-dims", "10,x"])
+    assert bad.exit_code == 2 and "--field-dims" in bad.output
