@@ -298,9 +298,9 @@ def assert_interrupted_or_done(code: int, lines: list[str], out: Path, done) -> 
 
 @pytest.mark.slow
 def test_sigint_and_sigterm_at_random_times_during_preprocess(tmp_path):
-    raw = criteo_file(tmp_path / "raw.txt", 60_000)
-    rng = random.Random(17)
-    for k, (sig, after) in enumerate([(signal.SIGINT, rng.uniform(0.05, 3.0)) for _ in range(3)]
+    raw = criteo_file(tmp_path / "raw.txt", 40_000)
+    rng = random.Random(17)  # times from the start of Python (imports: about the first 2 s) to the end of the job
+    for k, (sig, after) in enumerate([(signal.SIGINT, rng.uniform(0.05, 3.0)) for _ in range(2)]
                                      + [(signal.SIGTERM, rng.uniform(0.05, 3.0)) for _ in range(2)]):  # fmt: skip
         out = tmp_path / f"ds{k}"
         code, lines = run_cli(["preprocess", "raw.txt", "--format", "criteo", "--out", out.name], tmp_path, after, sig)
@@ -313,7 +313,7 @@ def test_sigint_and_sigterm_at_random_times_during_preprocess(tmp_path):
 @pytest.mark.slow
 def test_sigint_at_random_times_in_the_first_seconds_of_train(tiny, tmp_path):
     rng = random.Random(5)
-    for k in range(4):
+    for k in range(3):
         out = tmp_path / f"run{k}.pt"
         args = ["train", str(tiny), *TRAIN, "--epochs", "30", "--patience", "0", "--out", out.name]
         code, lines = run_cli(args, tmp_path, rng.uniform(0.05, 4.0))
@@ -540,5 +540,5 @@ def test_messages_say_what_happened(tmp_path):
     meta["splits"]["train"]["file"] = "sub"
     (tmp_path / "sub").mkdir()
     (tmp_path / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(UserError, match="split file missing"):
+    with pytest.raises(UserError, match="sub: a folder, not a split file"):
         load_meta(tmp_path)

@@ -109,6 +109,8 @@ def split_path(data_dir: str | Path, meta: dict[str, Any], split: str) -> Path:
     path = root / meta["splits"][split]["file"]
     if not path.resolve().is_relative_to(root.resolve()):
         raise UserError(f"{root / 'meta.json'}: splits.{split}.file {path} lies outside the dataset directory")
+    if path.is_dir():
+        raise UserError(f"{path}: a folder, not a split file (meta.json: splits.{split}.file)")
     if not path.is_file():
         raise UserError(f"{path}: split file missing")
     return path
