@@ -180,7 +180,7 @@ def train_command(
             result = train(data_dir, run_config, out_path, on_step=on_step, on_epoch=on_epoch, **run)
         except KeyboardInterrupt:
             kept = f"{out_path} holds the best model so far" if out_path.exists() else "no epoch finished"
-            err.print(f"interrupted: {kept}")
+            err.print(f"interrupted: {kept}", markup=False, highlight=False)
             raise typer.Exit(130) from None
 
     table = Table(title=escape(str(out_path)))
