@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -62,7 +63,8 @@ CHAINS = [
 
 
 def shown(command: list[str]) -> str:
-    return " ".join(command).replace(str(shared_data()), "$DCOLLAPSE_SHARED_DATA")
+    """The command as a line that runs when pasted into a shell (arguments quoted where needed)."""
+    return shlex.join(command).replace(str(shared_data()), "$DCOLLAPSE_SHARED_DATA")
 
 
 def run(command: list[str], log: Path | None = None) -> subprocess.Popen:
