@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
 import os
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,18 +28,6 @@ out = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") els
 err = Console(stderr=True)  # progress, messages and errors: stderr
 
 F = TypeVar("F", bound=Callable[..., Any])
-_show_warning = warnings.showwarning
-
-
-def _show_notice(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
-    """The library's notices (:class:`Notice`) as one line on stderr; other warnings as Python shows them."""
-    if issubclass(category, Notice):
-        say("note:", str(message), "yellow")
-    else:
-        _show_warning(message, category, *args, **kwargs)
-
-
-warnings.showwarning = _show_notice
 
 
 def handles_errors(fn: F) -> F:
@@ -48,13 +37,32 @@ def handles_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         signals.command_started()
         try:
-            return fn(*args, **kwargs)
+            with notices_on_stderr():
+                return fn(*args, **kwargs)
         except BrokenPipeError:
             raise  # stdout closed by the reader (`| head`): Typer exits quietly
         except (UserError, CheckFailed, OSError, KeyboardInterrupt) as exc:
             raise typer.Exit(report(exc)) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def notices_on_stderr() -> Iterator[None]:
+    """While the block runs, the library's notices (:class:`Notice`) print as one line on stderr, every time;
+    other warnings go where they went before."""
+    previous = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, Notice):
+            say("note:", str(message), "yellow")
+        else:
+            previous(message, category, *args, **kwargs)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", Notice)
+        warnings.showwarning = show
+        yield
 
 
 def report(exc: UserError | CheckFailed | OSError | KeyboardInterrupt) -> int:
