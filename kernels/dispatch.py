@@ -37,9 +37,9 @@ def interpreting() -> bool:
 
 
 def num_warps(values_per_program: int) -> int:
-    """Warps for a program holding ``values_per_program`` fp32 values live: 8 from 4096 values on (the dot and
-    segment tiles), else 4, so no thread holds more than about 16 tile values (no register spills on sm_90)."""
-    return 8 if values_per_program >= 4096 else 4
+    """Warps for a program holding ``values_per_program`` fp32 tile values live: one warp per 512 values, 1 to 8
+    (so no thread holds more than about 16 tile values: no register spills on sm_90)."""
+    return max(1, min(8, triton.next_power_of_2(max(1, values_per_program // 512))))
 
 
 def acc_dtype(dtype: torch.dtype) -> tl.dtype:

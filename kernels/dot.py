@@ -1,14 +1,15 @@
 """Pairwise dot interaction (DLRM/IPNN): the upper triangle i < j of E E^T per sample, [B, F(F-1)/2].
 
-Triton path: a program per (tile of BLOCK_B samples, field tile i, field tile j >= i) gathers the two field tiles'
-rows (fused: straight from the concatenated table) as [BLOCK_B, F_TILE, BLOCK_D] blocks (every dot dimension
->= 16), accumulates Z_ij = E_i E_j^T over d blocks with a batched ``tl.dot`` and stores only the pairs i < j.
+Triton path: a program per (BLOCK_B samples, field tile i, field tile j >= i) gathers, sample after sample, the
+two field tiles' rows (fused: straight from the concatenated table) as [F_TILE, BLOCK_D] blocks (every dot
+dimension >= 16), accumulates Z_ij = E_i E_j^T over d blocks with ``tl.dot`` and stores only the pairs i < j.
 Backward: with G the [F, F] matrix holding the triangle's gradient, dE = (G + G^T) E, a program per (sample tile,
 field tile i) summing over the field tiles j; the fused op reduces dE rows into the table gradient (or the
 in-backward update).
 
-Tiles: F_TILE <= 32 and BLOCK_D <= 32, so no program holds more than about 6k fp32 tile values (8 warps: no
-register spills on sm_90, see scripts/check_kernels_compile.py) at any F (fields above 32 are tiled) and d.
+Tiles: F_TILE <= 32 and BLOCK_D <= 32 (fields above 32 are tiled), at most 3k fp32 tile values live per
+program at any F and d: no register spills on sm_90 (scripts/check_kernels_compile.py). A batched 3D ``tl.dot``
+over several samples at once spilled (a 8-16 byte stack at F_TILE = 16-32).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dcollapse.kernels.row_update import RowOptimizer
 
 F_TILE_MAX = 32
 BLOCK_D_MAX = 32
-TILE_VALUES = 2048  # BLOCK_B * F_TILE * F_TILE: the [BLOCK_B, F_TILE, F_TILE] accumulator
+SAMPLE_VALUES = 1024  # a program walks BLOCK_B = SAMPLE_VALUES // F_TILE^2 samples (one at F_TILE = 32)
 
 
 def pair_indices(num_fields: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,8 +47,8 @@ def _pair_index(i, j, F):
 
 @triton.jit
 def _load_fields(src, ids, offsets, b, f, dcols, B, F, d, GATHER: tl.constexpr, ACC: tl.constexpr):
-    """Rows of samples ``b`` [BLOCK_B, 1, 1], fields ``f`` [1, F_TILE, 1], columns ``dcols``: [BLOCK_B, F_TILE, D]."""
-    bf_mask = (b < B) & (f < F)
+    """Rows of sample ``b`` (a scalar), fields ``f`` [F_TILE, 1], columns ``dcols`` [1, BLOCK_D]: [F_TILE, BLOCK_D]."""
+    bf_mask = (f < F) & (f * 0 + b < B)  # b broadcast explicitly: the interpreter rejects a 0-d mask operand
     row = _field_rows(ids, offsets, b, f, F, bf_mask, GATHER)
     e = tl.load(src + row * d + dcols, mask=bf_mask & (dcols < d), other=0.0)
     return e.to(ACC)
@@ -59,23 +60,25 @@ def _dot_forward_kernel(
     GATHER: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, F_TILE: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
-    """out[b, pair(i, j)] = <e_i, e_j> for i < j in field tiles (program_id 1, program_id 2); out [B, P]."""
+    """out[b, pair(i, j)] = <e_i, e_j> for i < j in field tiles (program_id 1, program_id 2), for the BLOCK_B
+    samples of program_id 0 in turn; out [B, P]."""
     ti = tl.program_id(1)
     tj = tl.program_id(2)
     if tj >= ti:
-        b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)[:, None, None]
-        fi = ti * F_TILE + tl.arange(0, F_TILE)[None, :, None]
-        fj = tj * F_TILE + tl.arange(0, F_TILE)[None, :, None]
-        z = tl.zeros((BLOCK_B, F_TILE, F_TILE), dtype=ACC)
-        for d0 in range(0, d, BLOCK_D):
-            dcols = d0 + tl.arange(0, BLOCK_D)[None, None, :]
-            e_i = _load_fields(src, ids, offsets, b, fi, dcols, B, F, d, GATHER, ACC)
-            e_j = _load_fields(src, ids, offsets, b, fj, dcols, B, F, d, GATHER, ACC)
-            z += tl.dot(e_i, tl.trans(e_j, 0, 2, 1), input_precision=PRECISION)
-        i = ti * F_TILE + tl.arange(0, F_TILE)[None, :, None]
-        j = tj * F_TILE + tl.arange(0, F_TILE)[None, None, :]
-        mask = (b < B) & (i < j) & (j < F)
-        tl.store(out + b.to(tl.int64) * P + _pair_index(i, j, F), z.to(out.dtype.element_ty), mask=mask)
+        fi = ti * F_TILE + tl.arange(0, F_TILE)[:, None]
+        fj = tj * F_TILE + tl.arange(0, F_TILE)[:, None]
+        i = fi
+        j = tj * F_TILE + tl.arange(0, F_TILE)[None, :]
+        for k in range(BLOCK_B):
+            b = tl.program_id(0) * BLOCK_B + k
+            z = tl.zeros((F_TILE, F_TILE), dtype=ACC)
+            for d0 in range(0, d, BLOCK_D):
+                dcols = d0 + tl.arange(0, BLOCK_D)[None, :]
+                e_i = _load_fields(src, ids, offsets, b, fi, dcols, B, F, d, GATHER, ACC)
+                e_j = _load_fields(src, ids, offsets, b, fj, dcols, B, F, d, GATHER, ACC)
+                z += tl.dot(e_i, tl.trans(e_j), input_precision=PRECISION)
+            mask = (i < j) & (j < F) & (i * 0 + b < B)
+            tl.store(out + b.to(tl.int64) * P + _pair_index(i, j, F), z.to(out.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -85,31 +88,32 @@ def _dot_backward_kernel(
     BLOCK_B: tl.constexpr, F_TILE: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     """grad_e[b, tile i] = sum over field tiles j of (G + G^T)[tile i, tile j] E[b, tile j], G the [F, F] upper
-    triangle of grad[b]; grad_e [B, F, d]."""
-    b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)[:, None, None]
-    i = tl.program_id(1) * F_TILE + tl.arange(0, F_TILE)[None, :, None]
-    for d0 in range(0, d, BLOCK_D):
-        dcols = d0 + tl.arange(0, BLOCK_D)[None, None, :]
-        de = tl.zeros((BLOCK_B, F_TILE, BLOCK_D), dtype=ACC)
-        for j0 in range(0, F, F_TILE):
-            j = j0 + tl.arange(0, F_TILE)[None, None, :]
-            lo = tl.minimum(i, j)
-            hi = tl.maximum(i, j)
-            sym_mask = (b < B) & (i != j) & (i < F) & (j < F)
-            g = tl.load(grad + b.to(tl.int64) * P + _pair_index(lo, hi, F), mask=sym_mask, other=0.0).to(ACC)
-            fj = j0 + tl.arange(0, F_TILE)[None, :, None]
-            e = _load_fields(src, ids, offsets, b, fj, dcols, B, F, d, GATHER, ACC)
-            de += tl.dot(g, e, input_precision=PRECISION)
-        out_row = b.to(tl.int64) * F + i
-        tl.store(grad_e + out_row * d + dcols, de.to(grad_e.dtype.element_ty), mask=(b < B) & (i < F) & (dcols < d))
+    triangle of grad[b], for the BLOCK_B samples of program_id 0 in turn; grad_e [B, F, d]."""
+    i = tl.program_id(1) * F_TILE + tl.arange(0, F_TILE)[:, None]
+    for k in range(BLOCK_B):
+        b = tl.program_id(0) * BLOCK_B + k
+        for d0 in range(0, d, BLOCK_D):
+            dcols = d0 + tl.arange(0, BLOCK_D)[None, :]
+            de = tl.zeros((F_TILE, BLOCK_D), dtype=ACC)
+            for j0 in range(0, F, F_TILE):
+                j = j0 + tl.arange(0, F_TILE)[None, :]
+                sym_mask = (i != j) & (i < F) & (j < F) & (i * 0 + b < B)
+                pair = _pair_index(tl.minimum(i, j), tl.maximum(i, j), F)
+                g = tl.load(grad + b.to(tl.int64) * P + pair, mask=sym_mask, other=0.0).to(ACC)
+                fj = j0 + tl.arange(0, F_TILE)[:, None]
+                e = _load_fields(src, ids, offsets, b, fj, dcols, B, F, d, GATHER, ACC)
+                de += tl.dot(g, e, input_precision=PRECISION)
+            out_row = b.to(tl.int64) * F + i
+            mask = (i < F) & (dcols < d) & (i * 0 + b < B)
+            tl.store(grad_e + out_row * d + dcols, de.to(grad_e.dtype.element_ty), mask=mask)
 
 
 def launch_config(F: int, d: int) -> dict[str, int]:
     """Tiles and warps for F fields of width d (see the module docstring)."""
     f_tile, block_d = dot_block(F, cap=F_TILE_MAX), dot_block(d, cap=BLOCK_D_MAX)
     check_dot_blocks(f_tile, block_d)
-    block_b = max(1, TILE_VALUES // (f_tile * f_tile))
-    values = block_b * f_tile * (f_tile + 2 * block_d)  # the accumulator and two operand tiles
+    block_b = max(1, SAMPLE_VALUES // (f_tile * f_tile))
+    values = f_tile * (f_tile + 2 * block_d)  # the accumulator and two operand tiles of one sample
     return {"BLOCK_B": block_b, "F_TILE": f_tile, "BLOCK_D": block_d, "num_warps": num_warps(values)}
 
 

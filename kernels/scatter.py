@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from dcollapse.kernels.dispatch import acc_dtype, use_triton
+from dcollapse.kernels.dispatch import acc_dtype, num_warps, use_triton
 from dcollapse.kernels.row_update import RULES, RowOptimizer
 
 SCATTER_METHODS = ("sorted", "atomic")
@@ -213,7 +213,7 @@ def segment_config(d: int, source: int, whole_rows: bool = False) -> dict[str, i
     block_d = min(triton.next_power_of_2(d), BLOCK_D_MAX)
     block_n = max(1, min(32, 1024 // block_d))
     values = block_n * block_d * (2 if source == SOURCE_FM else 1)
-    return {"BLOCK_N": block_n, "BLOCK_D": block_d, "num_warps": max(1, min(8, values // 512))}
+    return {"BLOCK_N": block_n, "BLOCK_D": block_d, "num_warps": num_warps(values)}
 
 
 def reduce_segments(

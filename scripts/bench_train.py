@@ -8,6 +8,8 @@ variants per model:
 - ours dense: the default, exact dense Adam over every table row (fused update);
 - ours sparse: ``sparse_emb`` (``--sparse-emb``): sparse table gradients of the batch's unique rows, lazy Adam
   (``torch.optim.SparseAdam``) for the tables, fused dense Adam for the rest;
+- ours fused: ``fused_update`` (``--fused-update``): the tables updated inside the backward, rows read only, by
+  the kernels' lazy Adam (no table gradient, no optimizer pass over the tables), fused dense Adam for the rest;
 - baseline dense: per-field ``nn.Embedding``, ``torch.optim.Adam`` with its defaults;
 - baseline sparse: per-field ``nn.Embedding(sparse=True)``, ``SparseAdam`` for the tables, ``Adam`` for the rest;
 - "+ compile": the same model under ``torch.compile`` (``--compile``; the optimizer step stays outside), timed
@@ -27,7 +29,9 @@ against plain ``torch.matmul`` on the same shapes (the practical ceiling on this
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -89,11 +93,15 @@ def baseline_optimizer(model: Baseline, sparse: bool) -> torch.optim.Optimizer |
 def timed_step(model, optimizer, ids: torch.Tensor, labels: torch.Tensor, phases: np.ndarray) -> float:
     """``dcollapse.train.train_step`` with the seconds of forward (+ loss), backward and optimizer added to
     ``phases`` [3]."""
+    sync = torch.cuda.synchronize if ids.is_cuda else lambda: None  # device work is asynchronous
+    sync()
     t0 = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
     loss = functional.binary_cross_entropy_with_logits(model(ids), labels)
+    sync()
     t1 = time.perf_counter()
     loss.backward()
+    sync()
     t2 = time.perf_counter()
     optimizer.step()
     value = loss.item()
@@ -171,7 +179,11 @@ def main() -> None:
         "--repeats", type=int, default=3, help="timing rounds over the variants in turn; the best round counts"
     )
     parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile variants")
+    parser.add_argument("--variants", default=None, help="comma list of the variants to time (default: all)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (CUDA runs the Triton kernels)")
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file (after each model)")
     args = parser.parse_args()
+    device = torch.device(args.device)
     torch.set_num_threads(args.threads)
 
     if args.data:
@@ -182,31 +194,36 @@ def main() -> None:
         meta, ids, labels = criteo_shaped(args.rows, args.fields, 0)
         source = f"synthetic Criteo-shaped ids, {args.fields} fields"
     vocab = [f["vocab_size"] for f in meta["fields"]]
+    ids, labels = ids.to(device), labels.to(device)
     batch = min(args.batch, len(ids))
     print(f"# {source}: {len(ids):,} rows, {len(vocab)} fields, {sum(vocab):,} table rows, emb {args.emb_dim}, "
-          f"batch {batch}, {args.steps} steps, {args.threads} threads, torch {torch.__version__}")  # fmt: skip
-    variants = ["ours dense", "ours sparse", "baseline dense", "baseline sparse"]
+          f"batch {batch}, {args.steps} steps, {args.threads} threads, torch {torch.__version__}, {device}")
+    variants = ["ours dense", "ours sparse", "ours fused", "baseline dense", "baseline sparse"]
     if not args.no_compile:
         variants += ["ours dense + compile", "ours sparse + compile", "baseline dense + compile"]
+    if args.variants:
+        variants = [v for v in variants if v in args.variants.split(",")]
+        if "baseline dense" not in variants:
+            parser.error("--variants must include 'baseline dense' (the ratios divide by it)")
     columns = ["samples/s", "vs baseline dense", "vs baseline, same variant", "MLP GFLOP/s", "matmul GFLOP/s"]
     print("| model | variant | " + " | ".join(columns) + " |")
     print("|---" * 7 + "|")
-    breakdown = []
+    breakdown, results = [], []
     for name in args.models.split(","):
         runs = {}
         for variant in variants:
             sparse = "sparse" in variant
             config = {**MODELS[name], "emb_dim": args.emb_dim, "lr": 1e-3, "optimizer": "adam", "l2_emb": 0.0,
-                      "sparse_emb": sparse}  # fmt: skip
+                      "sparse_emb": sparse, "fused_update": variant == "ours fused"}  # fmt: skip
             torch.manual_seed(0)
             if variant.startswith("ours"):
-                model = build_model(config, meta)
+                model = build_model(config, meta).to(device)
                 optimizer = make_optimizer(model, config)
             else:
-                model = Baseline(config, vocab, args.emb_dim, sparse)
+                model = Baseline(config, vocab, args.emb_dim, sparse).to(device)
                 optimizer = baseline_optimizer(model, sparse)
             runs[variant] = (torch.compile(model) if variant.endswith("compile") else model, optimizer)
-        ours = runs["ours dense"][0]
+        ours = runs[next(v for v in variants if v.startswith("ours"))][0]
         best = {}  # variant -> (samples/s, phases) of its fastest round; rounds interleave the variants
         for _ in range(args.repeats):
             for variant, (model, optimizer) in runs.items():
@@ -215,14 +232,18 @@ def main() -> None:
         rates = {variant: rate for variant, (rate, _) in best.items()}
         breakdown += [(name, variant, *phases) for variant, (_, phases) in best.items()]
         gflops = ("-", "-")
-        if ours.mlp is not None:
+        if ours.mlp is not None and device.type == "cpu":
             achieved, ceiling = mlp_gflops(ours.mlp, ours.mlp_linears(), batch)
             gflops = (f"{achieved:.1f}", f"{ceiling:.1f}")
         for variant in variants:
             twin = variant.replace("ours", "baseline")
             same = f"{rates[variant] / rates[twin]:.2f}x" if variant.startswith("ours") and twin in rates else "-"
             print(f"| {name} | {variant} | {rates[variant]:,.0f} | {rates[variant] / rates['baseline dense']:.2f}x "
-                  f"| {same} | {gflops[0]} | {gflops[1]} |")  # fmt: skip
+                  f"| {same} | {gflops[0]} | {gflops[1]} |", flush=True)  # fmt: skip
+            results.append({"model": name, "variant": variant, "samples_per_s": rates[variant], "device": str(device),
+                            "batch": batch, "emb_dim": args.emb_dim, "table_rows": sum(vocab)})  # fmt: skip
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1))
     print()
     print("| model | variant | forward ms | backward ms | optimizer ms | step ms |")
     print("|---|---|---|---|---|---|")
