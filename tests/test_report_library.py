@@ -266,3 +266,21 @@ def test_spectrum_and_compare_read_other_libraries_models(trained, tmp_path):
     assert listing["schema"] == "dcollapse.tables/1" and not skipped["chosen"] and skipped["reason"]
     bad = runner.invoke(app, ["spectrum", str(tmp_path / "torchfm.pt"), "--field-dims", "10,x"])
     assert bad.exit_code == 2 and "--field-dims" in bad.output
+
+
+def test_the_change_over_training_and_at_matched_auc():
+    from dcollapse.reports.compare import over_training
+
+    def history(points):
+        return [{"epoch": e, "valid_auc": a, "rankme": r} for e, (a, r) in enumerate(points, start=1)]
+
+    base = history([(0.60, 10.0), (0.70, 10.0), (0.72, 8.0)])
+    run = history([(0.65, 20.0), (0.71, 10.2), (0.74, 4.0), (0.75, 3.0)])
+    over = over_training(run, base)
+    assert over["epochs"] == [1, 2, 3] and over["signs"] == "+=-"
+    assert over["changes"] == pytest.approx([1.0, 0.02, -0.5])
+    # both reached 0.72: the run first at epoch 3 (RankMe 4), the base at epoch 3 (RankMe 8)
+    assert over["matched_auc"] == {"auc": 0.72, "epoch": 3, "base_epoch": 3, "change": pytest.approx(-0.5)}
+    assert over_training(run, []) is None
+    line = verdict.change_line("x.pt", 0.3, 0.01, "test") + verdict.training_clause(over)
+    assert line.endswith("; per epoch +=-, at matched valid AUC 0.7200: -50%")

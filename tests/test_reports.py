@@ -242,7 +242,7 @@ def test_base_of_a_seeded_run_is_the_base_with_the_same_seed():
     def row(arch: str, seed: int, rankme: float) -> dict:
         return {"checkpoint": f"{arch}{seed}", "backbone": "fm", "dataset_label": "A", "arch": arch,
                 "seed": seed, "model": {"emb_dim": 8}, "rankme": rankme, "auc": 0.7,
-                "metrics_split": "test"}  # fmt: skip
+                "metrics_split": "test", "history": []}  # fmt: skip
 
     rows = [row("none", 0, 10.0), row("none", 1, 20.0), row("parallel", 1, 30.0), row("parallel", 0, 30.0)]
     add_base_changes(rows)

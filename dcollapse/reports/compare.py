@@ -77,6 +77,7 @@ def compare_row(run: Run, batches: dict[Path, torch.Tensor], split: str, size: i
         "dim": summary["dim"],
         "batch": None,
         "flags": verdict.run_flags(run.ckpt) if run.ckpt else [],
+        "history": [{k: h.get(k) for k in ("epoch", "valid_auc", "rankme")} for h in ckpt.get("history") or []],
     }
     if run.data is not None:
         if run.data not in batches:
@@ -102,13 +103,43 @@ def add_base_changes(rows: list[dict[str, Any]]) -> None:
     for row, key in zip(rows, keys, strict=True):
         i = base_index(key, keys)
         if i is None:
-            row["base"] = row["rankme_change_vs_base"] = row["auc_change_vs_base"] = None
+            row["base"] = row["rankme_change_vs_base"] = row["auc_change_vs_base"] = row["over_training"] = None
             continue
         base = rows[i]
         row["base"] = base["checkpoint"]
         row["rankme_change_vs_base"] = relative_change(row["rankme"], base["rankme"])
         comparable = base["metrics_split"] == row["metrics_split"] and None not in (row["auc"], base["auc"])
         row["auc_change_vs_base"] = row["auc"] - base["auc"] if comparable else None
+        row["over_training"] = over_training(row["history"], base["history"])
+
+
+def over_training(run: list[dict[str, Any]], base: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The RankMe change against the base beyond the best epochs, from both training histories (RankMe of the
+    same fixed validation batch every epoch):
+
+    - ``epochs`` / ``changes`` / ``signs``: at every epoch both runs have, rankme / base rankme - 1, and its sign
+      pattern ("+" up, "-" down, "=" within ±5%), e.g. "++-";
+    - ``matched_auc``: at the highest validation AUC both runs reached, the RankMe of each run's first epoch that
+      reached it (``auc``, ``epoch``, ``base_epoch``, ``change``). None when a history is missing.
+    """
+    runs = {h["epoch"]: h for h in run if h.get("rankme") is not None}
+    bases = {h["epoch"]: h for h in base if h.get("rankme") is not None}
+    common = sorted(set(runs) & set(bases))
+    if not common:
+        return None
+    changes = [relative_change(runs[e]["rankme"], bases[e]["rankme"]) for e in common]
+    signs = "".join("?" if c is None else "=" if abs(c) <= verdict.RANKME_SAME else "+" if c > 0 else "-"
+                    for c in changes)  # fmt: skip
+    matched = None
+    aucs = [h["valid_auc"] for h in runs.values() if h.get("valid_auc") is not None]
+    base_aucs = [h["valid_auc"] for h in bases.values() if h.get("valid_auc") is not None]
+    if aucs and base_aucs:
+        target = min(max(aucs), max(base_aucs))
+        first = next(e for e in sorted(runs) if (runs[e].get("valid_auc") or -1) >= target)
+        base_first = next(e for e in sorted(bases) if (bases[e].get("valid_auc") or -1) >= target)
+        change = relative_change(runs[first]["rankme"], bases[base_first]["rankme"])
+        matched = {"auc": target, "epoch": first, "base_epoch": base_first, "change": change}
+    return {"epochs": common, "changes": changes, "signs": signs, "matched_auc": matched}
 
 
 def label_datasets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -156,7 +187,7 @@ def compare_verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
         name = Path(r["checkpoint"]).name
         line = verdict.change_line(name, r["rankme_change_vs_base"], r["auc_change_vs_base"], r["metrics_split"])
         if line:
-            lines.append(line)
+            lines.append(line + verdict.training_clause(r["over_training"]))
     flagged = [r for r in rows if r["flags"]]
     lines += [
         f"caution: {Path(r['checkpoint']).name}: " + "; ".join(f["reason"] for f in r["flags"]) for r in flagged

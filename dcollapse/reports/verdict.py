@@ -147,3 +147,16 @@ def change_line(name: str, rankme_change: float | None, auc_change: float | None
         cost = "at no AUC cost"
     auc_text = "" if auc_change is None else f" with Δ AUC {auc_change:+.4f} ({split})"
     return f"{name}: Δ RankMe {rankme_change:+.0%}{auc_text}: the DNN {effect} {cost}"
+
+
+def training_clause(over: dict[str, Any] | None) -> str:
+    """'; over training: +++ (every common epoch up), at matched valid AUC 0.712: +38%' ('' without histories)."""
+    if over is None:
+        return ""
+    pattern = over["signs"]
+    agree = " (every common epoch)" if len(set(pattern)) == 1 and len(pattern) > 1 else ""
+    text = f"; per epoch {pattern}{agree}"
+    matched = over["matched_auc"]
+    if matched is not None and matched["change"] is not None:
+        text += f", at matched valid AUC {matched['auc']:.4f}: {matched['change']:+.0%}"
+    return text
