@@ -15,7 +15,7 @@ import triton.language as tl
 
 from dcollapse.kernels.dispatch import check_ids, use_triton
 from dcollapse.kernels.row_update import RowOptimizer
-from dcollapse.kernels.scatter import scatter_rows, update_rows
+from dcollapse.kernels.scatter import reduce_segments, scatter_rows, update_rows
 
 
 def lookup_reference(table: torch.Tensor, ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
@@ -161,7 +161,11 @@ class _SparseLookup(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         unique, inverse = ctx.saved_tensors
-        values = grad.new_zeros(len(unique), grad.shape[1]).index_add_(0, inverse, grad)
+        values = grad.new_zeros(len(unique), grad.shape[1])
+        if use_triton(grad):  # the deterministic segment reduction (index_add_ is atomic on CUDA)
+            reduce_segments(grad.contiguous(), None, inverse, len(unique), dst=values)
+        else:
+            values.index_add_(0, inverse, grad)
         if ctx.update is not None:
             ctx.update.apply_reference(unique, values)
             return None, None, None
