@@ -16,12 +16,15 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from dcollapse.metrics.spectrum import SpectrumStats, rankme, singular_values
+
+if TYPE_CHECKING:
+    from dcollapse.models.model import CTRModel
 
 DEFAULT_CHUNK = 1024
 
@@ -85,7 +88,7 @@ def agop(
         raise ValueError("AGOP needs at least one sample")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    total = 0.0
+    total = x.new_zeros(())
     for start in range(0, x.shape[0], chunk_size):
         g = per_sample_gradients(fn, x[start : start + chunk_size], at=at)
         g = g.reshape(-1, g.shape[-1])
@@ -168,7 +171,7 @@ class CTRAgop:
     layers: list[LayerNFA]
 
 
-def ctr_agop(model: nn.Module, ids: torch.Tensor, field_names: list[str], chunk_size: int = DEFAULT_CHUNK) -> CTRAgop:
+def ctr_agop(model: CTRModel, ids: torch.Tensor, field_names: list[str], chunk_size: int = DEFAULT_CHUNK) -> CTRAgop:
     """AGOP analysis of a CTR model (eval mode) on ids int [B, F]: spectrum, per-field use, NFA per DNN layer."""
     model.eval()
     with torch.no_grad():

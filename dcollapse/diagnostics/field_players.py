@@ -8,7 +8,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -16,6 +16,9 @@ from dcollapse.diagnostics import harsanyi as H
 from dcollapse.diagnostics.agop import agop
 from dcollapse.errors import UserError
 from dcollapse.kernels import lookup
+
+if TYPE_CHECKING:
+    from dcollapse.models.model import CTRModel
 
 DEFAULT_TOP = 10  # players when the model has more than MAX_PLAYERS fields and none were chosen
 BASELINE_ROWS = 10_000  # training rows the mean baseline averages over
@@ -35,7 +38,7 @@ class FieldInputs:
     first_order: torch.Tensor
 
 
-def field_inputs(model: torch.nn.Module, ids: torch.Tensor) -> FieldInputs:
+def field_inputs(model: CTRModel, ids: torch.Tensor) -> FieldInputs:
     """Per-sample field inputs of a CTR model for local ids int [S, F]: embeddings [S, F, d], first order [S, F]."""
     with torch.no_grad():
         emb = model.embed(ids)
@@ -46,7 +49,7 @@ def field_inputs(model: torch.nn.Module, ids: torch.Tensor) -> FieldInputs:
     return FieldInputs(emb, first)
 
 
-def field_baselines(model: torch.nn.Module, kind: str, ids: torch.Tensor | None = None) -> FieldInputs:
+def field_baselines(model: CTRModel, kind: str, ids: torch.Tensor | None = None) -> FieldInputs:
     """Per-field baselines of a CTR model: embeddings [F, d_total], first-order terms [F].
 
     ``mean``: the field's mean input over the data rows ``ids`` [N, F]; ``oov``: the field's OOV row
@@ -58,8 +61,8 @@ def field_baselines(model: torch.nn.Module, kind: str, ids: torch.Tensor | None 
             raise UserError("the mean baseline needs data rows to average embeddings over")
         parts = [field_inputs(model, chunk) for chunk in ids.split(8192)]
         return FieldInputs(
-            sum(p.embeddings.sum(dim=0) for p in parts) / ids.shape[0],
-            sum(p.first_order.sum(dim=0) for p in parts) / ids.shape[0],
+            torch.stack([p.embeddings.sum(dim=0) for p in parts]).sum(dim=0) / ids.shape[0],
+            torch.stack([p.first_order.sum(dim=0) for p in parts]).sum(dim=0) / ids.shape[0],
         )
     if kind == "oov":
         oov = field_inputs(model, torch.zeros(1, num_fields, dtype=torch.int64))
@@ -71,7 +74,7 @@ def field_baselines(model: torch.nn.Module, kind: str, ids: torch.Tensor | None 
 
 
 def field_value_fn(
-    model: torch.nn.Module,
+    model: CTRModel,
     inputs: FieldInputs,
     labels: torch.Tensor,
     players: Sequence[int],
@@ -84,12 +87,12 @@ def field_value_fn(
     ``v = (2 y - 1) * logit = log p(y|x_T) / (1 - p(y|x_T))``. Fields that are not players keep their values.
     """
     sign = (2.0 * labels.to(torch.float64) - 1.0)[None, :]
-    players = torch.as_tensor(list(players), dtype=torch.int64)
+    player_index = torch.as_tensor(list(players), dtype=torch.int64)
     samples, num_fields, dim = inputs.embeddings.shape
 
     def value(mask: torch.Tensor) -> torch.Tensor:
         keep = torch.ones(mask.shape[0], num_fields, dtype=torch.bool)
-        keep[:, players] = mask
+        keep[:, player_index] = mask
         emb = torch.where(keep[:, None, :, None], inputs.embeddings[None], baseline.embeddings[None, None])
         first = torch.where(keep[:, None, :], inputs.first_order[None], baseline.first_order[None, None])
         logits = model.forward_from_embeddings(emb.reshape(-1, num_fields, dim)).reshape(mask.shape[0], samples)
@@ -99,7 +102,7 @@ def field_value_fn(
 
 
 def masking_drop(
-    model: torch.nn.Module, inputs: FieldInputs, labels: torch.Tensor, baseline: FieldInputs
+    model: CTRModel, inputs: FieldInputs, labels: torch.Tensor, baseline: FieldInputs
 ) -> torch.Tensor:
     """float64 [F]: E_x |v(x) - v(x with field f at its baseline)|, the log-odds change from masking each field."""
     num_fields = inputs.embeddings.shape[1]
@@ -111,7 +114,7 @@ def masking_drop(
     return (out[:1] - out[1:]).abs().mean(dim=1)
 
 
-def agop_field_shares(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+def agop_field_shares(model: CTRModel, ids: torch.Tensor) -> torch.Tensor:
     """float64 [F]: each field's share of the trace of the AGOP of the logit with respect to E [B, F * d].
 
     ``trace block_f / trace`` = E_x ||d logit / d e_f||^2 / E_x ||d logit / d E||^2 over the rows ``ids`` [B, F].
@@ -133,7 +136,7 @@ class EpochRun:
 
     label: str
     ckpt: dict[str, Any]
-    model: torch.nn.Module
+    model: CTRModel
     epoch: int
 
 
@@ -143,13 +146,14 @@ def load_epoch_runs(paths: Sequence[str | Path]) -> list[EpochRun]:
 
     runs = []
     for path in paths:
-        run = load_run(path)
-        if run.ckpt is None or run.model is None:
+        loaded = load_run(path)
+        ckpt, model = loaded.ckpt, loaded.model
+        if ckpt is None or model is None:
             raise UserError(f"{path}: interactions need a `dcollapse train` checkpoint (the model's forward pass)")
         # epoch snapshots name their epoch; a run's main checkpoint holds the best epoch's weights
-        history = run.ckpt.get("history") or []
-        epoch = int(run.ckpt.get("epoch") or run.ckpt.get("best_epoch") or (history[-1]["epoch"] if history else 0))
-        runs.append(EpochRun(run.label, run.ckpt, run.model, epoch))
+        history = ckpt.get("history") or []
+        epoch = int(ckpt.get("epoch") or ckpt.get("best_epoch") or (history[-1]["epoch"] if history else 0))
+        runs.append(EpochRun(loaded.label, ckpt, model, epoch))
     layout = _field_layout(runs[0].ckpt["meta"])
     for run in runs[1:]:
         if _field_layout(run.ckpt["meta"]) != layout:
@@ -170,9 +174,9 @@ def dataset_of(run: EpochRun, data: Path | None) -> tuple[Path, list[str]]:
     from dcollapse.reports.runs import check_dataset
 
     stored = (run.ckpt.get("data") or {}).get("path")
-    if data is None and not (stored and (Path(stored) / "meta.json").is_file()):
+    directory = data if data is not None else Path(stored) if stored else None
+    if directory is None or (data is None and not (directory / "meta.json").is_file()):
         raise UserError(f"{run.label}: its dataset {stored or '(none stored)'} is not available; pass --data DIR")
-    directory = data if data is not None else Path(stored)
     return directory, check_dataset(directory, run.ckpt, run.label)
 
 

@@ -17,9 +17,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from dcollapse.models.model import CTRModel
 
 
 @dataclass
@@ -73,7 +76,7 @@ def nc_stats(features: torch.Tensor, labels: torch.Tensor) -> NCStats:
     return NCStats(means.shape[0], tr_within, tr_between, tr_total, nc1, nc2_from_means(means))
 
 
-def ctr_layer_features(model: torch.nn.Module, embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
+def ctr_layer_features(model: CTRModel, embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
     """Hidden representations of a CTR model (eval mode) on embeddings [B, F, d], input to output.
 
     "dnn layer i" [B, H_i] = output of the DNN's i-th hidden layer (the input of its next linear layer, and the

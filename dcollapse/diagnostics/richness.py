@@ -17,11 +17,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from dcollapse.diagnostics.neural_collapse import nc_stats
+
+if TYPE_CHECKING:
+    from dcollapse.models.model import CTRModel
 
 RANK_TOL = 1e-10  # singular values below RANK_TOL * s_max * max(n, C) do not span P_F
 
@@ -152,7 +155,7 @@ def richness(
     )
 
 
-def last_layer(model: torch.nn.Module, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def last_layer(model: CTRModel, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(Phi [B, H], F [B, 1]) of a CTR model on embeddings [B, F, d]: the head's input and its output minus bias.
 
     Uses the model's ``hidden(E)`` and ``head`` (nn.Linear(H, 1)); runs in eval mode without gradients and
@@ -170,15 +173,15 @@ def last_layer(model: torch.nn.Module, embeddings: torch.Tensor) -> tuple[torch.
 
 
 def richness_snapshot(
-    model: torch.nn.Module, embeddings: torch.Tensor, labels: torch.Tensor | None = None
-) -> dict[str, float]:
+    model: CTRModel, embeddings: torch.Tensor, labels: torch.Tensor | None = None
+) -> dict[str, float | None]:
     """Per-epoch richness of a CTR model on a fixed batch of embeddings [B, F, d] (optional click labels [B]).
 
     Returns {"d_lr", "d_lr_centered"} plus {"nc1", "nc1_bounded"} when labels with both classes are given.
     """
     phi, outputs = last_layer(model, embeddings)
     result = richness(phi, outputs, labels, with_spectrum=False)
-    snapshot = {"d_lr": result.d_lr, "d_lr_centered": result.d_lr_centered}
+    snapshot: dict[str, float | None] = {"d_lr": result.d_lr, "d_lr_centered": result.d_lr_centered}
     if result.nc1 is not None:
         snapshot |= {"nc1": result.nc1, "nc1_bounded": result.nc1_bounded}
     return snapshot

@@ -15,14 +15,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F_nn
-from torch import nn
 
 from dcollapse.data.dataset import Split
 from dcollapse.metrics import DEFAULT_BATCH_ROWS, DEFAULT_SEED
 from dcollapse.metrics.spectrum import SpectrumStats, field_singular_values, singular_values
+
+if TYPE_CHECKING:
+    from dcollapse.models.model import CTRModel
 
 CHUNK_ROWS = 8192
 BRANCHES = ("interaction", "dnn")
@@ -81,7 +84,7 @@ def field_spectra(table: torch.Tensor, offsets: torch.Tensor, names: Sequence[st
     ]
 
 
-def model_field_spectra(model: nn.Module, meta: dict) -> list[FieldSpectrum]:
+def model_field_spectra(model: CTRModel, meta: dict) -> list[FieldSpectrum]:
     """:func:`field_spectra` of a CTR model's ``embedding.table`` [sum V_f, d], field names from ``meta``."""
     names = [f["name"] for f in meta["fields"]]
     return field_spectra(model.embedding.table, model.embedding.offsets, names)
@@ -107,7 +110,7 @@ def fixed_batch(rows: Split, size: int = DEFAULT_BATCH_ROWS, seed: int = DEFAULT
 
 
 @torch.no_grad()
-def batch_matrix(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+def batch_matrix(model: CTRModel, ids: torch.Tensor) -> torch.Tensor:
     """Z [B, F * d]: the model's embeddings of local ids [B, F], flattened per sample (computed in chunks)."""
     chunks = [model.embed(ids[lo : lo + CHUNK_ROWS]).flatten(1) for lo in range(0, ids.shape[0], CHUNK_ROWS)]
     return torch.cat(chunks) if chunks else torch.zeros(0, 0)
@@ -130,14 +133,14 @@ def matrix_spectra(z: torch.Tensor) -> tuple[SpectrumStats, SpectrumStats]:
     )
 
 
-def batch_spectra(model: nn.Module, ids: torch.Tensor, split: str = "valid", seed: int = DEFAULT_SEED) -> BatchSpectrum:
+def batch_spectra(model: CTRModel, ids: torch.Tensor, split: str = "valid", seed: int = DEFAULT_SEED) -> BatchSpectrum:
     """Spectra of Z = :func:`batch_matrix` of the batch ids [B, F] (``split`` and ``seed`` are recorded)."""
     z = batch_matrix(model, ids)
     z_stats, cov_stats = matrix_spectra(z)
     return BatchSpectrum(split, z.shape[0], z.shape[1], seed, z_stats, cov_stats)
 
 
-def embedding_gradients(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+def embedding_gradients(model: CTRModel, ids: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
     """dLoss/dE as [B, F * d] for the mean BCE-with-logits loss over the batch ids [B, F], labels [B].
 
     Keys: "total", and for models with a DNN (``model.mlp`` not None) "interaction" (E detached where the
@@ -145,7 +148,7 @@ def embedding_gradients(model: nn.Module, ids: torch.Tensor, labels: torch.Tenso
     Rows are processed in chunks; each sample's gradient depends on that sample only (eval mode). The ids also go
     to ``forward_from_embeddings`` so id-only terms (textbook FM's first order) enter the loss.
     """
-    detach_for = {"total": None}
+    detach_for: dict[str, str | None] = {"total": None}
     if getattr(model, "mlp", None) is not None:
         detach_for |= {"interaction": "dnn", "dnn": "interaction"}
     grads: dict[str, list[torch.Tensor]] = {key: [] for key in detach_for}
@@ -163,7 +166,7 @@ def embedding_gradients(model: nn.Module, ids: torch.Tensor, labels: torch.Tenso
     return {key: torch.cat(parts) for key, parts in grads.items()}
 
 
-def gradient_spectra(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor) -> GradientSpectra:
+def gradient_spectra(model: CTRModel, ids: torch.Tensor, labels: torch.Tensor) -> GradientSpectra:
     """Spectra of :func:`embedding_gradients` for the batch ids [B, F], labels [B]."""
     grads = embedding_gradients(model, ids, labels)
     stats = {key: SpectrumStats.from_singular_values(singular_values(g)) for key, g in grads.items()}

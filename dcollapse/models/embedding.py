@@ -20,6 +20,8 @@ ROW_RULES = {"sgd": "sgd", "adagrad": "adagrad", "adam": "lazy_adam"}
 
 
 class FieldEmbedding(nn.Module):
+    offsets: torch.Tensor  # int64 [F] buffer: the first row of each field in ``table``
+
     """F fields in one concatenated table.
 
     ``num_sets`` = k independent embedding sets of width ``emb_dim`` (multi-embedding, Guo et al. 2024) are stored

@@ -15,9 +15,9 @@ from dcollapse.metrics import DEFAULT_BATCH_ROWS, DEFAULT_SEED
 
 if TYPE_CHECKING:
     import torch
-    from torch import nn
 
     from dcollapse.data.dataset import Split
+    from dcollapse.models.model import CTRModel
     from dcollapse.sources import TableSource
 
 BACKBONES = {"fm": "FM", "crossnet": "CrossNet", "dot": "Dot"}
@@ -34,7 +34,7 @@ class Run:
 
     label: str
     source: TableSource
-    model: nn.Module | None
+    model: CTRModel | None
     data: Path | None
     skipped: str | None
     warnings: list[str] = field(default_factory=list)

@@ -142,7 +142,7 @@ def _split_fields(
             )
         if field_dims is not None:
             names, sizes = [f"field{i}" for i in range(len(field_dims))], list(field_dims)
-        else:
+        elif fmap is not None:
             names, sizes = (
                 [name for name, size in fmap if size is not None],
                 [size for _, size in fmap if size is not None],

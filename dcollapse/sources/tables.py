@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
+
+if TYPE_CHECKING:
+    from dcollapse.models.model import CTRModel
 
 
 @dataclass
@@ -46,4 +49,4 @@ class TableSource:
     notes: list[str] = field(default_factory=list)
     candidates: list[Candidate] = field(default_factory=list)
     checkpoint: dict | None = None
-    model: nn.Module | None = None  # the rebuilt model of a dcollapse checkpoint (its forward serves the batch view)
+    model: CTRModel | None = None  # the rebuilt model of a dcollapse checkpoint (its forward serves the batch view)
