@@ -194,6 +194,8 @@ def read_toml(path: Path, kind: str) -> dict[str, Any]:
         raise UserError(f"{path}: not a TOML {kind} file (not UTF-8 text: byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: invalid TOML ({exc})") from None
+    except RecursionError:
+        raise UserError(f"{path}: invalid TOML (nested too deeply)") from None
 
 
 def read_description(data_dir: str | Path, name: str, tag: str, kind: str, hint: str) -> dict[str, Any]:
@@ -205,9 +207,13 @@ def read_description(data_dir: str | Path, name: str, tag: str, kind: str, hint:
     if not path.is_file():
         raise UserError(f"{data_dir}: not a {kind} (no {name}; {hint})")
     try:
-        description = json.loads(path.read_text())
+        description = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not JSON text (not UTF-8: byte {exc.start})") from None
+    except RecursionError:
+        raise UserError(f"{path}: invalid JSON (nested too deeply)") from None
     if not isinstance(description, dict) or description.get("format") != tag:
         raise UserError(f"{path}: not a {kind} description (format tag {tag!r} missing)")
     return description

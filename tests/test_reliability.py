@@ -134,6 +134,21 @@ META_CASES = {
 }
 
 
+@pytest.mark.parametrize(
+    "content, named",
+    [(b"[" * 100_000 + b"]" * 100_000, "nested too deeply"), (b"\xff\xfe{}", "not UTF-8"), (b"{", "invalid JSON")],
+    ids=["deeply nested", "not utf-8", "not json"],
+)
+def test_unparsable_meta_json_is_one_line(tiny, tmp_path, content, named):
+    data = copy_dataset(tiny, tmp_path)
+    (data / "meta.json").write_bytes(content)
+    refused(runner.invoke(app, ["train", str(data), *TRAIN, "--out", str(tmp_path / "r.pt")]), "meta.json", named)
+    config = tmp_path / "deep.toml"
+    config.write_text("a = " + "[" * 100_000 + "]" * 100_000)
+    with pytest.raises(UserError, match="deep.toml: invalid TOML"):
+        io.read_toml(config, "config")
+
+
 @pytest.mark.parametrize("case", list(META_CASES), ids=list(META_CASES))
 def test_bad_meta_json_is_one_line_naming_it(tiny, tmp_path, case):
     mutate, named = META_CASES[case]
