@@ -214,7 +214,7 @@ def eval_command(
 
     from dcollapse import checkpoint, reports
     from dcollapse.data.dataset import load_split
-    from dcollapse.train import evaluate
+    from dcollapse.evaluation import evaluate
 
     if split not in SPLITS:
         raise config.choice_error("--split", split, SPLITS)

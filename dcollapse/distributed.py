@@ -36,8 +36,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from dcollapse.data.dataset import Split
 from dcollapse.device import pick_device
+from dcollapse.evaluation import predict, scores
 from dcollapse.models import CTRModel
-from dcollapse.train import SingleProcess, predict, scores, seed_epoch
+from dcollapse.train import SingleProcess, seed_epoch
 
 
 class DataParallel(SingleProcess):
