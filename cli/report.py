@@ -315,12 +315,17 @@ def gradients(
     device: str = DeviceOpt,
     as_json: bool = JsonOpt,
     plot: Path | None = plot_option("the overlaid normalized gradient spectra"),
+    mode: str = typer.Option(
+        "train", "--mode", metavar="NAME",
+        help="train (dropout on, batch-norm batch statistics, as the paper's code) | eval (the model as it predicts).",
+    ),
 ) -> None:
     """The mechanism view: singular spectrum of the loss gradient w.r.t. a fixed batch's embeddings [B, F*d].
 
     With a DNN the gradient is split into the parts arriving through the interaction and through the DNN (they sum).
 
-    The model is in eval mode (no dropout); the loss is the mean binary cross-entropy over the batch.
+    The model is in train mode by default (dropout on, batch norm on batch statistics, as the paper's code), in
+    eval mode with --mode eval; the loss is the mean binary cross-entropy over the batch.
 
     Example: dcollapse gradients runs/deepfm.pt --plot deepfm-gradients.png
     """
@@ -330,7 +335,7 @@ def gradients(
     run = reports.load_run(checkpoint_path, data, device=device)
     warn(run.warnings)
     with err.status(f"gradients on up to {batch:,} {split} rows"):
-        report = reports.gradient_report(run, split=split, batch=batch, seed=seed)
+        report = reports.gradient_report(run, split=split, batch=batch, seed=seed, mode=mode)
         if plot is not None:
             report.plot(plot)
     emit(report.to_dict(), as_json, render_gradients, plot)

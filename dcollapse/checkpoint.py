@@ -109,6 +109,7 @@ def weights_problem(state: dict[str, Any], name: str) -> str | None:
 
 EPOCH_KEYS = ("epoch", "train_loss", "valid_auc", "valid_logloss")  # in every history entry of a CTR run
 PROGRESS = {"epoch": int, "best_auc": float, "best_epoch": int, "bad_epochs": int}
+MONITOR_PROGRESS = {"best_score": float}  # the best epoch's --monitor value; absent in checkpoints written before it
 
 
 def resume_problem(resume: Any, weights: dict[str, torch.Tensor]) -> str | None:
@@ -129,9 +130,11 @@ def resume_problem(resume: Any, weights: dict[str, torch.Tensor]) -> str | None:
         optimizer = optimizer["dense"]  # (their tables' state is checked when the optimizer loads it)
     if not isinstance(optimizer, dict):  # its layout depends on the optimizer; restoring it checks the rest
         return f"resume.optimizer is {type(optimizer).__name__}, expected an optimizer state"
-    if not isinstance(progress, dict) or set(progress) != set(PROGRESS):
-        return f"resume.progress must hold exactly {', '.join(PROGRESS)}"
-    for key, kind in PROGRESS.items():
+    if not isinstance(progress, dict) or set(progress) - set(MONITOR_PROGRESS) != set(PROGRESS):
+        return f"resume.progress must hold exactly {', '.join(PROGRESS)} (and optionally best_score)"
+    for key, kind in (PROGRESS | MONITOR_PROGRESS).items():
+        if key not in progress:
+            continue
         value = progress[key]
         if isinstance(value, bool) or not isinstance(value, kind | int) or (kind is int and value < 0):
             return f"resume.progress.{key} is {value!r}, expected {'an integer >= 0' if kind is int else 'a number'}"

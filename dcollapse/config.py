@@ -50,6 +50,13 @@ TRACKABLE = ("richness",)  # dcollapse.train.collapse_snapshot
 OPTIMIZERS = ("adam", "adagrad", "sgd")  # dcollapse.train.OPTIMIZERS
 ACTIVATIONS = ("relu", "gelu", "identity")  # dcollapse.models.mlp.ACTIVATIONS
 NORMS = ("none", "batch", "layer")  # dcollapse.models.mlp.NORMS
+MONITORS = ("auc", "logloss", "auc-logloss")  # dcollapse.train.monitor_score
+# --recipe NAME -> the values it gives options the user did not set; "activation" only where the backbone is
+# CrossNet (the paper's DCNv2 code builds its MLPs with hidden_activations=None, its FM code with ReLU).
+RECIPES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "paper": {"init": "xavier", "lr_decay": 0.1, "clip_norm": 10.0, "crossnet_activation": "identity"},
+}
 
 
 @dataclass(frozen=True)
@@ -104,6 +111,10 @@ class ModelConfig:
     norm: str = option("none", "DNN normalisation: none | batch | layer.", DNN, "NAME", choices=NORMS)
     dropout: float = option(0.0, "DNN dropout probability, in [0, 1).", DNN, "P", low=0.0, high=1.0, high_open=True)
     residual: bool = option(False, "Skip connections in the DNN.", DNN)
+    init: str = option(
+        "torch", "Weights of every nn.Linear (DNN, cross layers, head): torch (PyTorch's default) | xavier "
+        "(xavier_normal_, zero bias: FuxiCTR's reset_parameters).", MODEL, "NAME", choices=("torch", "xavier"),
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -118,8 +129,25 @@ class TrainConfig:
         0.0, "L2 penalty on the embedding tables (with --sparse-emb: on the rows of each batch only).",
         OPTIMISATION, "FLOAT", low=0.0,
     )  # fmt: skip
-    patience: int = option(2, "Early stopping: epochs without a better valid AUC, 0 = off.", OPTIMISATION, "INT",
+    patience: int = option(2, "Early stopping: epochs without a better --monitor, 0 = off.", OPTIMISATION, "INT",
                            low=0, high=1_000_000)  # fmt: skip
+    monitor: str = option(
+        "auc", "What picks the best epoch and stops training, on valid: auc | logloss (lower is better) | "
+        "auc-logloss (AUC minus logloss, the paper's Avazu configs).", OPTIMISATION, "NAME", choices=MONITORS,
+    )  # fmt: skip
+    lr_decay: float = option(
+        1.0, "Multiply the learning rate by this after every epoch without a better --monitor, never below 1e-6 "
+        "(FuxiCTR's reduce_lr_on_plateau: 0.1); 1 = off.", OPTIMISATION, "FLOAT", low=0.0, high=1.0, low_open=True,
+    )  # fmt: skip
+    clip_norm: float = option(
+        0.0, "Clip the gradient norm of all parameters to this before every step (FuxiCTR: 10); 0 = off.",
+        OPTIMISATION, "FLOAT", low=0.0,
+    )  # fmt: skip
+    recipe: str = option(
+        "default", "default | paper: the source paper's FuxiCTR conventions for every option not given: "
+        "--init xavier, --lr-decay 0.1, --clip-norm 10, and CrossNet DNNs with no hidden activation "
+        "(--activation identity).", OPTIMISATION, "NAME", choices=tuple(RECIPES),
+    )  # fmt: skip
     seed: int = option(0, "Random seed (same seed and --threads, same run on CPU).", OPTIMISATION, "INT",
                        low=0, high=2**32 - 1)  # fmt: skip
     sparse_emb: bool = option(
@@ -262,12 +290,22 @@ def full_config(options: Mapping[str, Any]) -> dict[str, Any]:
     if unknown:
         raise UserError("; ".join(f"{options.name(key)}: unknown option{did_you_mean(key, FIELDS)}" for key in unknown))
     config = {key: check(key, options[key], options.name(key)) if key in options else default(key) for key in FIELDS}
+    config |= recipe_values(config, options)
     if config["arch"] != "none" and not config["dnn"]:
         raise UserError(
             f"{options.name('arch')} {config['arch']} needs a DNN: give hidden widths, e.g. --dnn 400,400,400 "
             "(dnn = [400, 400, 400])"
         )
     return config
+
+
+def recipe_values(config: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    """The values ``config["recipe"]`` (see :data:`RECIPES`) gives the options not in ``given``."""
+    values = dict(RECIPES[config["recipe"]])
+    activation = values.pop("crossnet_activation", None)
+    if activation is not None and config["model"] == "crossnet":
+        values["activation"] = activation
+    return {key: value for key, value in values.items() if key not in given}
 
 
 def model_options(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -8,9 +8,10 @@ so a distributed wrapper can reuse them.
 The train split is one in-memory id tensor [N, F] shuffled by index permutation, or, with ``chunk_rows`` > 0,
 streamed from Parquet in chunks (random chunk order, random order within a chunk) when it does not fit in memory.
 
-Checkpoints (``dcollapse.checkpoint`` format) hold the best-by-validation-AUC weights in ``state_dict`` and, under
-``"resume"``, the last epoch's weights and optimizer state, so ``resume=`` continues a run exactly: every epoch
-draws its shuffle and dropout randomness from ``(seed, epoch)`` alone.
+Checkpoints (``dcollapse.checkpoint`` format) hold the best weights by the ``monitor`` (valid AUC by default) in
+``state_dict`` and, under ``"resume"``, the last epoch's weights and optimizer state (with any ``lr_decay``
+applied), so ``resume=`` continues a run exactly: every epoch draws its shuffle and dropout randomness from
+``(seed, epoch)`` alone.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ OPTIMIZERS = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "sgd": t
 SPARSE_OPTIMIZERS = {"adam": torch.optim.SparseAdam, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
 SNAPSHOT_SEED = DEFAULT_SEED  # the collapse-snapshot batch is the reports' default batch, whatever --seed
 EVAL_BATCH = 65_536
+MIN_LR = 1e-6  # lr_decay never goes below this (FuxiCTR's lr_decay min_lr)
 
 
 def default_threads(processes: int = 1) -> int:
@@ -99,6 +101,11 @@ def make_optimizer(model: CTRModel, config: dict[str, Any]) -> torch.optim.Optim
     fused = config.get("fused_update", False)
     if fused and (config.get("sparse_emb", False) or config.get("compile", False)):
         raise UserError("--fused-update replaces --sparse-emb and does not work with --compile; drop one")
+    if (fused or config.get("sparse_emb", False)) and (config["clip_norm"] or config["lr_decay"] < 1):
+        raise UserError(
+            f"--clip-norm and --lr-decay need dense table gradients; drop --{'fused-update' if fused else 'sparse-emb'}"
+            " or give --clip-norm 0 --lr-decay 1"
+        )
     if config.get("sparse_emb", False):
         model.sparse_gradients()
         sparse = SPARSE_OPTIMIZERS[config["optimizer"]](tables, lr=lr)
@@ -108,6 +115,45 @@ def make_optimizer(model: CTRModel, config: dict[str, Any]) -> torch.optim.Optim
         return FusedTableOptimizer(model.embedding, tables, config["optimizer"], lr, dense, l2)
     groups = [{"params": tables, "weight_decay": l2}, {"params": others, "weight_decay": 0.0}]
     return dense_optimizer(config["optimizer"], groups, lr)
+
+
+def monitor_score(valid: dict[str, float], monitor: str) -> float:
+    """The number whose rise marks a better epoch: valid AUC, -logloss, or AUC - logloss (FuxiCTR's monitor
+    ``{"AUC": 1, "logloss": -1}``) for ``monitor`` auc | logloss | auc-logloss."""
+    weights = {"auc": (1.0, 0.0), "logloss": (0.0, -1.0), "auc-logloss": (1.0, -1.0)}[monitor]
+    return weights[0] * valid["auc"] + weights[1] * valid["logloss"]
+
+
+def decay_lr(optimizer: Any, factor: float) -> None:
+    """Multiply the learning rate of every parameter group of ``optimizer`` (and of the optimizers inside a
+    :class:`SparseTableOptimizer` or :class:`ClipGradients`) by ``factor``, never below :data:`MIN_LR`."""
+    parts = [getattr(optimizer, name) for name in ("inner", "tables", "dense") if hasattr(optimizer, name)]
+    if not parts:
+        for group in optimizer.param_groups:
+            group["lr"] = max(group["lr"] * factor, MIN_LR)
+    for part in parts:
+        decay_lr(part, factor)
+
+
+class ClipGradients:
+    """``inner`` (an optimizer) that first clips the gradient norm of ``params`` to ``max_norm`` at every step, as
+    FuxiCTR's train_step does between backward and step (``torch.nn.utils.clip_grad_norm_``, all parameters)."""
+
+    def __init__(self, inner: Any, params: Iterable[torch.nn.Parameter], max_norm: float) -> None:
+        self.inner, self.params, self.max_norm = inner, [p for p in params if p.requires_grad], max_norm
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.inner.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        torch.nn.utils.clip_grad_norm_(self.params, self.max_norm)
+        self.inner.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state)
 
 
 def dense_optimizer(name: str, groups: list[dict[str, Any]], lr: float) -> torch.optim.Optimizer:
@@ -339,8 +385,9 @@ class Progress:
     """Where a run stands after its last completed epoch (what ``"resume"`` in a checkpoint restores)."""
 
     epoch: int = 0
-    best_auc: float = -math.inf
+    best_auc: float = -math.inf  # the valid AUC of the best epoch
     best_epoch: int = 0
+    best_score: float = -math.inf  # the best epoch's monitor_score
     bad_epochs: int = 0
 
 
@@ -409,6 +456,8 @@ def train(
     torch.manual_seed(int(config["seed"]))
     model = build_model(config, meta).to(device)
     optimizer = make_optimizer(model, config)
+    if config["clip_norm"]:
+        optimizer = ClipGradients(optimizer, model.parameters(), float(config["clip_norm"]))
     progress, history, best_state = Progress(), [], cpu_state(model)
     if resume is not None:
         state = resume["resume"]
@@ -417,7 +466,7 @@ def train(
             optimizer.load_state_dict(state["optimizer"])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise UserError(f"--resume: the saved state does not fit the run's model or optimizer ({exc})") from None
-        progress = Progress(**state["progress"])
+        progress = Progress(**{"best_score": state["progress"].get("best_auc", -math.inf), **state["progress"]})
         history, best_state = list(resume["history"]), resume["state_dict"]
     trainer = parallel.wrap(model)
     if config["compile"]:  # the training steps only: evaluation and snapshots run the model as it is
@@ -479,11 +528,15 @@ def train(
         history.append(entry)
 
         progress.epoch = epoch
-        if valid["auc"] > progress.best_auc:
-            progress.best_auc, progress.best_epoch, progress.bad_epochs = valid["auc"], epoch, 0
+        score = monitor_score(valid, config["monitor"])
+        if score > progress.best_score:
+            progress.best_score, progress.best_auc, progress.best_epoch = score, valid["auc"], epoch
+            progress.bad_epochs = 0
             best_state = cpu_state(model)
         else:
             progress.bad_epochs += 1
+            if config["lr_decay"] < 1:
+                decay_lr(optimizer, float(config["lr_decay"]))
         if parallel.is_main:
             checkpoint.save(out, make_checkpoint())
         if save_every_epoch and parallel.is_main:

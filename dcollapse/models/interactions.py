@@ -72,7 +72,10 @@ class CrossLayer(nn.Module):
             self.v = nn.Linear(dim, rank, bias=False)
             self.u = nn.Linear(rank, dim)
         else:
-            lin = nn.Linear(dim, dim)  # nn.Linear's default init, as FuxiCTR's CrossNetV2
+            # PyTorch's default nn.Linear init; the paper's FuxiCTR code re-initialises every nn.Linear, its
+            # CrossNetV2 layers included, with xavier_normal_ and a zero bias (BaseModel.reset_parameters), which
+            # is init="xavier" here (dcollapse.models.model.xavier_init)
+            lin = nn.Linear(dim, dim)
             self.weight, self.bias = lin.weight, lin.bias
 
     def weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,7 +12,8 @@ with p = sum_{i<j} e_i * e_j [B, d], x0 = flat E [B, F*d], dots = <e_i, e_j> for
 DeepFM is the sum of the FM logit and the DNN logit (head weights on p fixed to 1).
 
 Every model is ``logits = head(hidden(E)).squeeze(-1)`` (+ the textbook first-order term, which depends on the ids
-only). ``head`` is an ``nn.Linear(H, 1)``; weights fixed to 1 are excluded from training.
+only). ``head`` is an ``nn.Linear(H, 1)``; weights fixed to 1 are excluded from training. ``init="xavier"``
+re-initialises every linear map as the paper's FuxiCTR code does (:func:`xavier_init`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from dcollapse.config import model_options
 from dcollapse.errors import UserError
 from dcollapse.kernels import lookup
 from dcollapse.models.embedding import FieldEmbedding
-from dcollapse.models.interactions import BiInteraction, CrossNet, DotInteraction
+from dcollapse.models.interactions import BiInteraction, CrossLayer, CrossNet, DotInteraction
 from dcollapse.models.mlp import MLP
 
 DETACH = (None, "dnn", "interaction")
@@ -42,11 +43,14 @@ class Head(nn.Linear):
     def __init__(self, in_dim: int, fixed: int = 0, bias: bool = True) -> None:
         super().__init__(in_dim, 1, bias=bias)
         self.fixed = fixed
-        if fixed:
-            with torch.no_grad():
-                self.weight[:, :fixed] = 1.0
+        self.fix_weights()
         if fixed == in_dim:
             self.weight.requires_grad_(False)
+
+    @torch.no_grad()
+    def fix_weights(self) -> None:
+        """Set the first ``fixed`` input weights to 1 (again, after a re-initialisation)."""
+        self.weight[:, : self.fixed] = 1.0
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """[B, 1] from h [B, H]."""
@@ -54,6 +58,20 @@ class Head(nn.Linear):
         if 0 < self.fixed < self.in_features:
             weight = torch.cat([weight[:, : self.fixed].detach(), weight[:, self.fixed :]], dim=1)
         return functional.linear(h, weight, self.bias)
+
+
+@torch.no_grad()
+def xavier_init(model: nn.Module) -> None:
+    """FuxiCTR's ``reset_parameters``: every linear map's weight [out, in] xavier_normal_, its bias zero; the
+    embedding tables keep N(0, 1e-4). Covers nn.Linear (MLP, head, low-rank cross factors) and the full-rank
+    cross layers' W [K, K]; a head's fixed weights stay 1."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear) or (isinstance(module, CrossLayer) and not module.rank):
+            nn.init.xavier_normal_(module.weight)
+            if module.bias is not None:
+                module.bias.zero_()
+        if isinstance(module, Head):
+            module.fix_weights()
 
 
 def model_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -100,6 +118,8 @@ class CTRModel(nn.Module):
         # E reaches the logit only through the interaction: forward(ids) can use the fused lookup+interaction op.
         only_interaction_reads_e = self.arch == "none" or (self.arch == "stacked" and self.model != "dot")
         self._fused = self.interaction.fusable and only_interaction_reads_e
+        if c["init"] == "xavier":
+            xavier_init(self)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """E [B, F, d_total] from local ids int [B, F]."""

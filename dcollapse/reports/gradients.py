@@ -31,6 +31,7 @@ class GradientReport:
     rows: int
     dim: int
     seed: int
+    mode: str
     gradients: dict[str, dict[str, Any]]
     embeddings: dict[str, Any]
 
@@ -47,10 +48,19 @@ class GradientReport:
         return plots.overlay_spectra(series, path, title)
 
 
+MODES = ("train", "eval")
+
+
 def gradient_report(
-    run: Run, *, split: str = "valid", batch: int = DEFAULT_BATCH_ROWS, seed: int = DEFAULT_SEED
+    run: Run, *, split: str = "valid", batch: int = DEFAULT_BATCH_ROWS, seed: int = DEFAULT_SEED, mode: str = "train"
 ) -> GradientReport:
-    """Gradient spectra of a ``dcollapse train`` run on its fixed batch (the model in eval mode, mean BCE loss)."""
+    """Gradient spectra of a ``dcollapse train`` run on its fixed batch (mean BCE loss).
+
+    ``mode`` "train" (the paper's code: dropout on with torch seeded by ``seed``, batch norm on the statistics of
+    each chunk of ``collapse.CHUNK_ROWS`` rows) or "eval" (no dropout, batch norm on its running statistics).
+    """
+    import torch
+
     from dcollapse.metrics import collapse
 
     if run.model is None:
@@ -60,7 +70,14 @@ def gradient_report(
         raise UserError(f"{run.label}: gradients need the dataset, but {run.skipped}")
     rows = load_fixed_batch(run.data, split, batch, seed)
     rows.ids, rows.labels = rows.ids.to(run.device or "cpu"), rows.labels.to(run.device or "cpu")
-    grads = collapse.gradient_spectra(run.model, rows.ids, rows.labels)
+    if mode not in MODES:
+        raise UserError(f"--mode must be one of {', '.join(MODES)}, not {mode!r}")
+    run.model.train(mode == "train")
+    try:
+        torch.manual_seed(seed)  # the dropout masks of train mode
+        grads = collapse.gradient_spectra(run.model, rows.ids, rows.labels)
+    finally:
+        run.model.eval()
     z_stats, _ = collapse.matrix_spectra(collapse.batch_matrix(run.model, rows.ids))
     spectra = {"total": grads.total, **grads.branches}
     return GradientReport(
@@ -71,6 +88,7 @@ def gradient_report(
         rows=grads.rows,
         dim=grads.dim,
         seed=seed,
+        mode=mode,
         gradients={key: {**asdict(st), "norm": grads.norms[key]} for key, st in spectra.items()},
         embeddings=asdict(z_stats),
     )
