@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 
 from dcollapse.cli.app import app
 from dcollapse.data.dataset import load_meta, load_split
-from dcollapse.data.preprocess import Options, log_bin, preprocess
+from dcollapse.data.preprocess import Options, preprocess
+from dcollapse.data.vocabulary import log_bin
 from dcollapse.errors import UserError
 
 ALL_TRAIN = {"valid_frac": 0.0, "test_frac": 0.0}
@@ -473,13 +474,13 @@ def test_numeric_tokens_that_are_not_small_integers_get_their_ids(tmp_path, valu
 def test_input_scan_hashes_and_counts_bytes_like_hashlib_and_numpy(tmp_path, monkeypatch):
     import hashlib
 
-    import dcollapse.data.preprocess as pp
+    import dcollapse.data.scan as scan_module
 
-    monkeypatch.setattr(pp.InputScan, "BLOCK", 7)  # many blocks, a line split across them
+    monkeypatch.setattr(scan_module.InputScan, "BLOCK", 7)  # many blocks, a line split across them
     a, b = tmp_path / "a.txt", tmp_path / "b.txt"
     a.write_bytes(b"0\t1\r\n1\t2\n\n")
     b.write_bytes(b"no newline at the end\t")
-    with pp.InputScan([a, b], counted=b"\t\r") as scan:
+    with scan_module.InputScan([a, b], counted=b"\t\r") as scan:
         files = scan.result()
         digest = hashlib.sha256(b"".join(hashlib.sha256(p.read_bytes()).digest() for p in (a, b))).hexdigest()
         assert scan.input_hash() == "sha256:" + digest
@@ -551,7 +552,7 @@ def test_input_scan_holds_one_small_block_at_a_time(tmp_path):
     left up to ~1 GB in glibc's per-thread arenas after a few dozen preprocess calls in one process)."""
     import tracemalloc
 
-    from dcollapse.data.preprocess import InputScan
+    from dcollapse.data.scan import InputScan
 
     src = tmp_path / "big.txt"
     src.write_bytes(b"1\t2\tabc\n" * 1_000_000)  # 8 MB

@@ -13,6 +13,8 @@ id 1 = missing) and an int8 label column. ``offset`` places each field in one co
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,9 +22,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
-from dcollapse.data.formats import first_line
+from dcollapse import __version__
+from dcollapse.data.formats import LABEL, first_line
 from dcollapse.errors import UserError
-from dcollapse.io import read_description
+from dcollapse.io import atomic_path, read_description
 
 if TYPE_CHECKING:
     import torch
@@ -204,3 +207,79 @@ def field_offsets(meta: dict[str, Any]) -> torch.Tensor:
     import torch
 
     return torch.tensor([f["offset"] for f in meta["fields"]], dtype=torch.int64)
+
+
+def write_dataset(
+    out_dir: str | Path,
+    splits: Mapping[str, pl.DataFrame | pl.LazyFrame],
+    fields: list[dict[str, Any]],
+    *,
+    name: str,
+    options: dict[str, Any],
+    input_hash: str,
+    skipped_rows: int = 0,
+    overwrite: bool = False,
+    extra_files: Mapping[str, Callable[[Path], Any]] | None = None,
+    drop_empty: bool = False,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write ``splits`` (frames with an int32 column per field and a ``label`` column) as a dataset dir, atomically.
+
+    ``fields``: ``[{"name", "kind", "vocab_size"}, ...]`` in column order (offsets are added here);
+    ``extra_files``: ``{file name: writer(path)}`` for additional files inside the directory; ``drop_empty``: leave out
+    splits without rows (a missing or empty ``train`` split is then an error); ``extra``: more ``meta.json`` keys (the
+    preprocess job adds ``columns``, how each csv/parquet input column was used, and ``notes``).
+    Returns the ``meta.json`` dict.
+    """
+    names = [f["name"] for f in fields]
+    with atomic_path(out_dir, directory=True, overwrite=overwrite, replaces="meta.json") as tmp:
+        # One streaming query writes every split (a shared input is read once); memory stays flat.
+        sinks = [
+            frame.lazy()
+            .select([pl.col(n).cast(pl.Int32) for n in names] + [pl.col(LABEL).cast(pl.Int8)])
+            .sink_parquet(tmp / f"{split}.parquet", row_group_size=65536, engine="streaming", lazy=True)
+            for split, frame in splits.items()
+        ]
+        pl.collect_all(sinks, engine="streaming")
+        split_meta = {}
+        for split in splits:
+            counts = pl.scan_parquet(tmp / f"{split}.parquet").select(
+                pl.len().alias("rows"), pl.col(LABEL).cast(pl.Int64).sum().alias("positives")
+            )
+            row = counts.collect().row(0, named=True)
+            if drop_empty and row["rows"] == 0:
+                (tmp / f"{split}.parquet").unlink()
+                continue
+            split_meta[split] = {
+                "file": f"{split}.parquet",
+                "rows": int(row["rows"]),
+                "positives": int(row["positives"] or 0),
+            }
+        if drop_empty and "train" in splits and "train" not in split_meta:
+            raise UserError(f"{out_dir}: no training rows (all rows were skipped or went to other splits)")
+        if not split_meta:
+            raise UserError(f"{out_dir}: no rows to write")
+        offset = 0
+        field_meta = []
+        for f in fields:
+            field_meta.append(
+                {"name": f["name"], "kind": f["kind"], "vocab_size": int(f["vocab_size"]), "offset": offset}
+            )
+            offset += int(f["vocab_size"])
+        meta = {
+            "format": FORMAT,
+            "version": VERSION,
+            "name": name,
+            "label": LABEL,
+            "fields": field_meta,
+            "splits": split_meta,
+            "options": options,
+            "input_hash": input_hash,
+            "dcollapse_version": __version__,
+            "skipped_rows": int(skipped_rows),
+            **(extra or {}),
+        }
+        for file_name, writer in (extra_files or {}).items():
+            writer(tmp / file_name)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta

@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from dcollapse.data.formats import LABEL
 from dcollapse.errors import UserError
 from dcollapse.io import atomic_path
 
-LABEL = "label"
 SPLITS = ("train", "valid", "test")
 
 
@@ -221,7 +221,7 @@ def write_ctr_dataset(
     ``truth.json`` (planted structure) into the directory. Returns ``{split: prob float64 [N_split]}``, the true
     click probabilities in the row order of each split file. ``kwargs`` go to :func:`make_ctr`.
     """
-    from dcollapse.data.preprocess import write_dataset
+    from dcollapse.data.dataset import write_dataset
 
     frame, truth = make_ctr(rows, fields, seed, **kwargs)
     split = split_assignment(rows, valid_frac, test_frac, seed)
