@@ -4,7 +4,9 @@ A :class:`RowOptimizer` owns one table [V, d] and its optimizer state. The table
 (:func:`dcollapse.kernels.lookup`, ``fused_bi_interaction``, ``fused_pairwise_dot``) take it as ``update=``; their
 backward then sums the gradient of every distinct row once (the sorted segment reduction of
 :mod:`dcollapse.kernels.scatter` on the Triton path, ``torch.unique`` + ``index_add_`` on the reference path) and
-applies the rule to those rows only: no dense [V, d] gradient exists and ``table.grad`` stays None.
+applies the rule to those rows only: no dense [V, d] gradient exists and ``table.grad`` stays None. One op should
+read a table per step (each reading op's backward is one update step); an op that saved the table and runs its
+backward after the update raises autograd's in-place modification error instead of using stale rows.
 
 Rules (g = the row's summed gradient + ``weight_decay`` * row, i.e. L2 applied lazily to the rows read):
 

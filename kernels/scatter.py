@@ -271,6 +271,8 @@ def reduce_segments(
             plan.piece_alone, partial, table_arg, dst_arg, *state, d, fields, **rule_args,
             SOURCE=SOURCE_PARTIAL, SPLIT=False, **common, **config,
         )  # fmt: skip
+    if update is not None:  # written in place by a kernel: tell autograd, so a stale saved copy is an error
+        torch.autograd.graph.increment_version(table)
 
 
 def scatter_rows_sorted(grad: torch.Tensor, rows: torch.Tensor, num_rows: int, max_run: int = MAX_RUN) -> torch.Tensor:
