@@ -54,6 +54,11 @@ def sweep_command(
         None, "--threads", min=1, metavar="INT",
         help="Torch CPU threads. Default: OMP_NUM_THREADS when set, else the CPUs the load average leaves idle.",
     ),
+    recipe: str | None = typer.Option(
+        None, "--recipe", metavar="NAME",
+        help="default | paper: train every run as the paper's code does (see `dcollapse train --help`); with "
+        "--grid paper also the paper's L2 and the CrossNet ReLU-DNN entries beside the linear ones.",
+    ),
     title: str | None = typer.Option(
         None, "--title", metavar="TEXT", help="Title of summary.md and the plots (default: the grid)."
     ),
@@ -65,7 +70,9 @@ def sweep_command(
     spectra-<backbone>.png; prints the compare table of all runs and the mean ± std per entry. A failed run is
     reported and the others go on (exit 1 at the end if any failed).
 
-    Example: dcollapse sweep data/criteo --grid paper --seeds 3 --out runs/criteo-paper
+    Fixed-length runs (the verdict then does not depend on when early stopping fired): --patience 0 --epochs N.
+
+    Example: dcollapse sweep data/criteo --grid paper --seeds 3 --recipe paper --out runs/criteo-paper
     """
     import torch
 
@@ -74,11 +81,13 @@ def sweep_command(
     from dcollapse.train import default_threads
 
     given = {"epochs": epochs, "patience": patience, "batch_size": batch_size, "emb_dim": emb_dim, "dnn": dnn}
-    given["device"] = device
+    given["device"], given["recipe"] = device, recipe
     overrides = config.Options(
         {key: value for key, value in given.items() if value is not None}, {key: config.flag(key) for key in given}
     )
-    specs = sweep.plan(sweep.load_grid(grid), seeds, overrides)
+    if recipe is not None:
+        recipe = config.check("recipe", recipe, "--recipe")
+    specs = sweep.plan(sweep.load_grid(grid, recipe or "default"), seeds, overrides)
     load_meta(data_dir)  # a bad dataset directory is reported before the progress bar starts
     torch.set_num_threads(threads or default_threads())
 
@@ -120,6 +129,8 @@ def sweep_command(
             table.add_row(*sweep.summary_cells(row))
         table.caption = "Δ: against the base run (no DNN) of the same backbone (same seed where there is one)"
         out.print(table)
+        for line in summary["claims"]:
+            out.print(line, highlight=False)
         err.print("wrote " + ", ".join(str(path) for path in written.values()), highlight=False)
 
     emit(summary, as_json, render)

@@ -33,6 +33,8 @@ from dcollapse.errors import UserError
 from dcollapse.io import atomic_path, read_toml
 from dcollapse.metrics import collapse
 from dcollapse.models import load_model
+from dcollapse.reports import verdict
+from dcollapse.reports.compare import over_training
 from dcollapse.reports.runs import RunKey, base_index, best_entry, dnn_label, headline_metrics, load_fixed_batch
 from dcollapse.train import train
 
@@ -53,6 +55,10 @@ SCALED_SETTINGS: dict[str, Any] = {
     "style": "paper",
 }
 L2_EMB = {"fm": 5e-6, "crossnet": 1e-5}
+# --recipe paper: the L2 the paper's code applies. Its FM class reads `embedding_regularizer`, the FM configs set
+# `regularizer` (5e-6 Criteo, 1e-6 Avazu), which nothing reads: no L2. DCNv2's Criteo config sets
+# embedding_regularizer 1e-5 (its Avazu config 0).
+PAPER_L2_EMB = {"fm": 0.0, "crossnet": 1e-5}
 BACKBONES = ("fm", "crossnet")
 ARCHS = ("none", "parallel", "stacked")
 # One DNN part switched at a time, against the reference DNN of SCALED_SETTINGS.
@@ -68,18 +74,32 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 FIXED_BATCH_SPLIT = "valid"
 
 
-def paper_grid() -> dict[str, dict[str, Any]]:
-    """The paper's Table 1: FM and CrossNet, each with no DNN, a parallel DNN and a stacked DNN (6 entries)."""
-    return {
-        f"{model}-{arch}": {**SCALED_SETTINGS, "model": model, "arch": arch, "l2_emb": L2_EMB[model]}
+def paper_grid(recipe: str = "default") -> dict[str, dict[str, Any]]:
+    """The paper's Table 1: FM and CrossNet, each with no DNN, a parallel DNN and a stacked DNN (6 entries).
+
+    ``recipe`` "paper": every entry trains with ``--recipe paper`` and :data:`PAPER_L2_EMB`; the CrossNet DNNs are
+    linear as in the paper's code, and ``crossnet-parallel-relu`` / ``crossnet-stacked-relu`` add the ReLU DNNs
+    beside them (8 entries)."""
+    if recipe == "default":
+        return {
+            f"{model}-{arch}": {**SCALED_SETTINGS, "model": model, "arch": arch, "l2_emb": L2_EMB[model]}
+            for model in BACKBONES
+            for arch in ARCHS
+        }
+    settings = {key: value for key, value in SCALED_SETTINGS.items() if key != "activation"}
+    grid = {
+        f"{model}-{arch}": {**settings, "model": model, "arch": arch, "l2_emb": PAPER_L2_EMB[model], "recipe": recipe}
         for model in BACKBONES
         for arch in ARCHS
     }
+    for arch in ARCHS[1:]:
+        grid[f"crossnet-{arch}-relu"] = {**grid[f"crossnet-{arch}"], "activation": "relu"}
+    return grid
 
 
-def ablation_grid() -> dict[str, dict[str, Any]]:
+def ablation_grid(recipe: str = "default") -> dict[str, dict[str, Any]]:
     """The paper grid plus, for every backbone x (parallel, stacked), each of :data:`ABLATIONS` switched alone."""
-    grid = paper_grid()
+    grid = paper_grid(recipe)
     for model in BACKBONES:
         for arch in ARCHS[1:]:
             for variant, change in ABLATIONS.items():
@@ -87,7 +107,7 @@ def ablation_grid() -> dict[str, dict[str, Any]]:
     return grid
 
 
-GRIDS: dict[str, Callable[[], dict[str, dict[str, Any]]]] = {"paper": paper_grid, "ablation": ablation_grid}
+GRIDS: dict[str, Callable[[str], dict[str, dict[str, Any]]]] = {"paper": paper_grid, "ablation": ablation_grid}
 
 
 def read_grid_file(path: Path) -> dict[str, dict[str, Any]]:
@@ -125,10 +145,10 @@ def read_grid_file(path: Path) -> dict[str, dict[str, Any]]:
     }
 
 
-def load_grid(grid: str) -> dict[str, dict[str, Any]]:
-    """``paper``, ``ablation`` or the path of a TOML grid file."""
+def load_grid(grid: str, recipe: str = "default") -> dict[str, dict[str, Any]]:
+    """``paper``, ``ablation`` (built for ``recipe``) or the path of a TOML grid file."""
     if grid in GRIDS:
-        return GRIDS[grid]()
+        return GRIDS[grid](recipe)
     path = Path(grid)
     if path.suffix.lower() != ".toml":
         hint = did_you_mean(grid, GRIDS)
@@ -233,7 +253,12 @@ def run_result(spec: RunSpec, ckpt: dict[str, Any], ids: Any, seconds: float) ->
         "seconds": seconds,
         "batch_rows": batch.rows,
         "cov_spectrum": [float(v) for v in batch.covariance.normalized],
+        "flags": verdict.run_flags(ckpt),
+        "history": [{key: h.get(key) for key in HISTORY_KEYS} for h in ckpt["history"]],
     }
+
+
+HISTORY_KEYS = ("epoch", "valid_auc", "valid_logloss", "rankme", "mean_ia")  # per epoch, kept in a run's result
 
 
 def fixed_batch_ids(data_dir: Path) -> Any:
@@ -324,19 +349,54 @@ def mean_std(values: list[float]) -> dict[str, float | int | None]:
 METRICS = ("auc", "logloss", "rankme", "mean_ia", "best_epoch")
 
 
+def t_interval(values: list[float], level: float = verdict.CLAIM_LEVEL) -> tuple[float, float] | None:
+    """The two-sided Student t interval of the mean of ``values`` (None for fewer than two)."""
+    if len(values) < 2:
+        return None
+    from scipy import stats
+
+    v = np.asarray(values, dtype=np.float64)
+    half = stats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size)
+    return float(v.mean() - half), float(v.mean() + half)
+
+
+def run_flags(ok: list[dict[str, Any]]) -> dict[str, list[dict[str, str]]]:
+    """Every finished run's flags by name: those of its result (:func:`verdict.run_flags`) and
+    :func:`verdict.seed_flags` against the other seeds of its grid entry."""
+    flags = {}
+    for r in ok:
+        others = [o["valid_auc"] for o in ok if o["group"] == r["group"] and o["name"] != r["name"]]
+        flags[r["name"]] = list(r.get("flags") or []) + verdict.seed_flags(r["best_epoch"], r["valid_auc"], others)
+    return flags
+
+
+def excluded(flags: list[dict[str, str]]) -> bool:
+    """Whether ``flags`` keep a run out of the means (:data:`verdict.EXCLUDING`)."""
+    return any(f["flag"] in verdict.EXCLUDING for f in flags)
+
+
 def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
     """Per grid entry (in grid order): mean and std over seeds of :data:`METRICS`, of the RankMe change
     ``rankme / rankme(base) - 1`` and of the AUC change ``auc - auc(base)``, both against the run with the same
     backbone whose arch is ``none`` (the one rule of :func:`~dcollapse.reports.runs.base_index`: the same width
-    and seed when there is one), and the mean normalized cov(Z) spectrum."""
+    and seed when there is one), and the mean normalized cov(Z) spectrum.
+
+    Runs whose flags (:func:`run_flags`) say they cannot be read as collapse are kept out of every mean and listed
+    under ``excluded``. The RankMe change is seed-paired (a base of another seed is not used): its
+    :data:`verdict.CLAIM_LEVEL` t interval (``rankme_change_interval``), the seeds up by more than
+    ``verdict.RANKME_SAME`` (``rankme_up_seeds`` of ``paired_seeds``), the change over training per seed
+    (``over_training``: at every common epoch and at matched valid AUC, :func:`~dcollapse.reports.compare.
+    over_training`) and the ``claim`` "the DNN raises RankMe" (:func:`verdict.claim_state`)."""
     ok = [r for r in results if r["status"] == "ok"]
+    flags = run_flags(ok)
     keys = [run_key(r) for r in ok]
     groups: dict[str, dict[str, Any]] = {}
     for r in results:
         groups.setdefault(r["group"], {"runs": []})["runs"].append(r)
     rows = []
     for group, entry in groups.items():
-        runs = [r for r in entry["runs"] if r["status"] == "ok"]
+        finished = [r for r in entry["runs"] if r["status"] == "ok"]
+        runs = [r for r in finished if not excluded(flags[r["name"]])]
         config = entry["runs"][0]["config"]
         row: dict[str, Any] = {
             "group": group,
@@ -345,6 +405,8 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
             "config": {k: v for k, v in config.items() if k != "seed"},
             "seeds": [r["seed"] for r in runs],
             "failed": [{"name": r["name"], "error": r["error"]} for r in entry["runs"] if r["status"] != "ok"],
+            "excluded": [{"name": r["name"], "flags": flags[r["name"]]} for r in finished if r not in runs],
+            "flags": {r["name"]: [f["flag"] for f in flags[r["name"]]] for r in finished if flags[r["name"]]},
             "dataset": runs[0]["dataset"] if runs else None,
             "metrics_split": runs[0]["metrics_split"] if runs else None,
         }
@@ -352,20 +414,64 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
             row[metric] = mean_std([r[metric] for r in runs])
         paired = [(r, base_index(run_key(r), keys)) for r in runs]
         paired = [(r, ok[i]) for r, i in paired if i is not None]
-        row["rankme_change"] = mean_std([r["rankme"] / b["rankme"] - 1.0 for r, b in paired if b["rankme"] > 0])
+        paired = [(r, b) for r, b in paired if b["seed"] == r["seed"] and not excluded(flags[b["name"]])]
+        changes = [r["rankme"] / b["rankme"] - 1.0 for r, b in paired if b["rankme"] > 0]
+        row["rankme_change"] = mean_std(changes)
+        row["rankme_change_interval"] = t_interval(changes)
         row["auc_change"] = mean_std([r["auc"] - b["auc"] for r, b in paired])
-        row["rankme_up_seeds"] = sum(r["rankme"] > b["rankme"] for r, b in paired)
+        row["paired_seeds"] = len(changes)
+        row["rankme_up_seeds"] = sum(c > verdict.RANKME_SAME for c in changes)
+        row["over_training"] = [
+            {"seed": r["seed"], **over} for r, b in paired
+            if (over := over_training(r.get("history") or [], b.get("history") or [])) is not None
+        ]  # fmt: skip
+        row["claim"] = verdict.claim_state(changes, row["rankme_change_interval"]) if config["arch"] != "none" else None
         spectra = [np.array(r["cov_spectrum"]) for r in runs]
         width = min((s.size for s in spectra), default=0)
         row["cov_spectrum"] = np.mean([s[:width] for s in spectra], axis=0).tolist() if spectra else []
         rows.append(row)
-    return {
+    summary = {
         "schema": "dcollapse.sweep/1",
         "runs": len(results),
         "ok": len(ok),
         "failed": [{"name": r["name"], "error": r["error"]} for r in results if r["status"] != "ok"],
+        "excluded": [ex for row in rows for ex in row["excluded"]],
         "groups": rows,
     }
+    return summary | {"claims": claim_lines(summary)}
+
+
+def claim_lines(summary: Mapping[str, Any]) -> list[str]:
+    """One line per grid entry with a DNN, backbone by backbone: the claim "the DNN raises RankMe" held / not held /
+    mixed, with the seed-paired change, its interval, the sign count, the change at matched valid AUC and the
+    per-epoch sign pattern of each seed, e.g. ``fm-parallel: held: Δ RankMe +45% (95% t interval +20% to +70%),
+    up in 3/3 seeds; at matched valid AUC +30% (up in 3/3); per epoch s0 +++, s1 +++, s2 ++=``."""
+    lines = []
+    for model in dict.fromkeys(row["model"] for row in summary["groups"]):
+        for row in (r for r in summary["groups"] if r["model"] == model and r["arch"] != "none"):
+            n, change, interval = row["paired_seeds"], row["rankme_change"], row["rankme_change_interval"]
+            if not n:
+                lines.append(f"{row['group']}: not judged: no seed has both this run and its base readable")
+                continue
+            text = f"{row['group']}: {row['claim']}: Δ RankMe {change['mean']:+.0%}"
+            if interval is not None:
+                text += f" ({verdict.CLAIM_LEVEL:.0%} t interval {interval[0]:+.0%} to {interval[1]:+.0%})"
+            text += f", up in {row['rankme_up_seeds']}/{n} seed{'s' if n > 1 else ''}"
+            matched = [o["matched_auc"]["change"] for o in row["over_training"]
+                       if o["matched_auc"] is not None and o["matched_auc"]["change"] is not None]  # fmt: skip
+            if matched:
+                up = sum(c > verdict.RANKME_SAME for c in matched)
+                text += f"; at matched valid AUC {np.mean(matched):+.0%} (up in {up}/{len(matched)})"
+            if row["over_training"]:
+                text += "; per epoch " + ", ".join(f"s{o['seed']} {o['signs']}" for o in row["over_training"])
+            lines.append(text)
+    if summary["excluded"]:
+        names = ", ".join(
+            f"{ex['name']} ({', '.join(f['flag'] for f in ex['flags'] if f['flag'] in verdict.EXCLUDING)})"
+            for ex in summary["excluded"]
+        )
+        lines.append(f"left out of the means (cannot be read as collapse): {names}")
+    return lines
 
 
 def pm(stat: Mapping[str, Any], spec: str = ".4f", percent: bool = False) -> str:
@@ -391,6 +497,7 @@ SUMMARY_COLUMNS = (
 def summary_cells(row: Mapping[str, Any]) -> list[str]:
     """The cells of one grid entry in :data:`SUMMARY_COLUMNS` order."""
     failed = f" ({len(row['failed'])} failed)" if row["failed"] else ""
+    failed += f" ({len(row['excluded'])} left out)" if row.get("excluded") else ""
     return [
         row["group"],
         dnn_label(row["config"]),
@@ -422,6 +529,11 @@ def summary_markdown(summary: Mapping[str, Any], title: str) -> str:
         " (no DNN) of the same backbone and seed.",
     ]
     lines += [f"- failed: {f['name']}: {f['error']}" for f in summary["failed"]]
+    claims = summary.get("claims") or []
+    if claims:
+        lines += ["", "Does the DNN raise RankMe? (the change paired by seed; held: every seed up by more than "
+                  f"{verdict.RANKME_SAME:.0%} and the interval above 0; not held: no seed up; otherwise mixed)", ""]
+        lines += [f"- {line}" for line in claims]
     return "\n".join(lines) + "\n"
 
 

@@ -164,3 +164,102 @@ def test_gradient_view_in_train_mode_has_dropout_and_eval_mode_does_not(tiny, tm
     assert eval_norm != pytest.approx(train_norm, rel=1e-3)  # dropout changes the gradient through the DNN
     bad = runner.invoke(app, ["gradients", str(out), "--mode", "test"])
     assert bad.exit_code == 2 and "--mode must be one of train, eval" in bad.output
+
+
+def planted(group: str, model: str, arch: str, seed: int, rankme: float, auc: float = 0.7, best_epoch: int = 5,
+            flags: list | None = None, history: list | None = None) -> dict:  # fmt: skip
+    """A finished sweep result with the fields summarize reads."""
+    config = {**full_config({"model": model, "arch": arch, "dnn": [8]}), "seed": seed}
+    return {
+        "name": f"{group}-s{seed}", "group": group, "seed": seed, "status": "ok", "config": config,
+        "dataset": {"name": "x", "path": "x", "hash": "h"}, "auc": auc, "logloss": 0.5, "metrics_split": "test",
+        "valid_auc": auc, "rankme": rankme, "mean_ia": 2.0, "field_ia": [2.0], "best_epoch": best_epoch,
+        "epochs_run": 8, "seconds": 1.0, "batch_rows": 100, "cov_spectrum": [1.0, 0.5],
+        "flags": flags or [], "history": history or [],
+    }  # fmt: skip
+
+
+def curve(rankmes: list[float], aucs: list[float]) -> list[dict]:
+    return [{"epoch": i + 1, "valid_auc": a, "valid_logloss": 0.5, "rankme": r, "mean_ia": 2.0}
+            for i, (r, a) in enumerate(zip(rankmes, aucs, strict=True))]  # fmt: skip
+
+
+def test_summary_pairs_seeds_gives_a_t_interval_sign_count_and_a_claim_per_entry():
+    from dcollapse import sweep
+
+    base = [10.0, 12.0, 8.0]
+    up, down = [15.0, 19.2, 11.2], [9.0, 12.0, 6.0]  # +50%, +60%, +40% | -10%, 0%, -25%
+    results = [planted("fm-none", "fm", "none", s, base[s], history=curve([10, 10], [0.6, 0.7])) for s in range(3)]
+    results += [planted("fm-parallel", "fm", "parallel", s, up[s], history=curve([15, 20], [0.65, 0.7]))
+                for s in range(3)]  # fmt: skip
+    results += [planted("fm-stacked", "fm", "stacked", s, down[s]) for s in range(3)]
+    summary = sweep.summarize(results)
+    rows = {row["group"]: row for row in summary["groups"]}
+    changes = np.array([0.5, 0.6, 0.4])
+    half = 4.302652729911275 * changes.std(ddof=1) / math.sqrt(3)  # t(0.975, df 2)
+    assert rows["fm-parallel"]["rankme_change"]["mean"] == pytest.approx(0.5)
+    assert rows["fm-parallel"]["rankme_change_interval"] == pytest.approx([0.5 - half, 0.5 + half])
+    assert (rows["fm-parallel"]["rankme_up_seeds"], rows["fm-parallel"]["paired_seeds"]) == (3, 3)
+    assert rows["fm-parallel"]["claim"] == "held" and rows["fm-stacked"]["claim"] == "not held"
+    assert rows["fm-none"]["claim"] is None
+    over = rows["fm-parallel"]["over_training"]
+    assert [o["signs"] for o in over] == ["++"] * 3 and over[0]["matched_auc"]["change"] == pytest.approx(1.0)
+    parallel_line = next(line for line in summary["claims"] if line.startswith("fm-parallel"))
+    assert "held: Δ RankMe +50% (95% t interval" in parallel_line and "up in 3/3 seeds" in parallel_line
+    assert "at matched valid AUC +100% (up in 3/3)" in parallel_line and "s0 ++" in parallel_line
+    assert "- fm-stacked: not held" in sweep.summary_markdown(summary, "t")
+
+
+def test_summary_keeps_unreadable_runs_out_of_the_means_and_names_them():
+    from dcollapse import sweep
+
+    near = [{"flag": "near_chance", "reason": "best epoch 1 with valid AUC 0.510 (near chance)"}]
+    results = [planted("fm-none", "fm", "none", s, 10.0) for s in range(3)]
+    results += [
+        planted("fm-parallel", "fm", "parallel", 0, 20.0),
+        planted("fm-parallel", "fm", "parallel", 1, 8.0, auc=0.51, best_epoch=1, flags=near),
+        planted("fm-parallel", "fm", "parallel", 2, 9.0, auc=0.60, best_epoch=2),  # 0.1 under the others' median
+        planted("fm-parallel", "fm", "parallel", 3, 10.2, flags=[{"flag": "still_improving", "reason": "r"}]),
+    ]
+    summary = sweep.summarize(results)
+    row = next(r for r in summary["groups"] if r["group"] == "fm-parallel")
+    assert [ex["name"] for ex in row["excluded"]] == ["fm-parallel-s1", "fm-parallel-s2"]
+    assert row["excluded"][1]["flags"][0]["flag"] == "below_other_seeds"
+    assert row["rankme"]["mean"] == pytest.approx((20.0 + 10.2) / 2) and row["rankme"]["n"] == 2
+    assert row["paired_seeds"] == 1 and row["claim"] == "not judged"  # seed 3 has no base of its own seed
+    assert row["flags"]["fm-parallel-s3"] == ["still_improving"]  # shown, but kept in the means
+    assert "left out of the means (cannot be read as collapse): fm-parallel-s1 (near_chance, below_other_seeds), " \
+           "fm-parallel-s2 (below_other_seeds)" in summary["claims"][-1]  # fmt: skip
+    mixed = sweep.summarize(
+        [planted("fm-none", "fm", "none", s, 10.0) for s in range(2)]
+        + [planted("fm-parallel", "fm", "parallel", s, v) for s, v in enumerate([14.0, 9.0])]
+    )
+    assert next(r for r in mixed["groups"] if r["group"] == "fm-parallel")["claim"] == "mixed"
+
+
+def test_paper_grid_under_the_paper_recipe_has_the_papers_l2_and_both_crossnet_dnns():
+    from dcollapse import sweep
+
+    specs = {s.group: s.config for s in sweep.plan(sweep.load_grid("paper", "paper"), 1, {"recipe": "paper"})}
+    assert len(specs) == 8 and all(c["recipe"] == "paper" and c["init"] == "xavier" for c in specs.values())
+    assert specs["fm-parallel"]["l2_emb"] == 0.0 and specs["crossnet-none"]["l2_emb"] == 1e-5
+    assert (
+        specs["crossnet-stacked"]["activation"] == "identity" and specs["crossnet-stacked-relu"]["activation"] == "relu"
+    )
+    assert specs["fm-parallel"]["activation"] == "relu"
+    default = {s.group: s.config for s in sweep.plan(sweep.load_grid("paper"), 1)}
+    assert len(default) == 6 and default["fm-none"]["l2_emb"] == 5e-6 and default["fm-none"]["init"] == "torch"
+
+
+def test_logloss_still_falling_at_the_last_epoch_is_a_flag_that_excludes():
+    from dcollapse.reports import verdict
+
+    history = [
+        {"epoch": 1, "valid_auc": 0.7, "valid_logloss": 0.50},
+        {"epoch": 2, "valid_auc": 0.71, "valid_logloss": 0.48},
+    ]
+    ckpt = {"history": history, "best_epoch": 2, "test": None, "meta": {}}
+    assert [f["flag"] for f in verdict.run_flags(ckpt)] == ["still_improving", "logloss_falling"]
+    history[1]["valid_logloss"] = 0.499
+    assert [f["flag"] for f in verdict.run_flags(ckpt)] == ["still_improving"]
+    assert verdict.seed_flags(3, 0.5, [0.7, 0.7]) == []  # a late best epoch is not judged against the seeds

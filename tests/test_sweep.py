@@ -86,6 +86,7 @@ def test_sweep_resumes_isolates_failures_and_writes_summary(data_dir, grid_file,
         return real_train(data, config, out, **kwargs)
 
     monkeypatch.setattr(sweep, "train", failing_train)
+    monkeypatch.setattr(sweep, "run_flags", lambda ok: {r["name"]: [] for r in ok})  # 2-epoch runs get flagged
     args = ["sweep", str(data_dir), "--grid", str(grid_file), "--seeds", "2", "--out", str(runs), "--threads", "1"]
     first = cli.invoke(app, args)
     assert first.exit_code == 1, first.output  # one run failed: the sweep finished the others, then exit 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+import statistics
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,11 @@ NEAR_CHANCE_AUC = 0.55  # a best validation AUC below this at best epoch <= EARL
 EARLY_EPOCHS = 2
 RANKME_SAME = 0.05  # |Δ RankMe| within 5% reads as "unchanged"
 AUC_SAME = 0.001  # |Δ AUC| within 0.001 reads as "no AUC change"
+SEED_AUC_GAP = 0.02  # a best valid AUC this far under the median of the other seeds, at best epoch <= EARLY_EPOCHS
+CLAIM_LEVEL = 0.95  # the two-sided t interval of a seed-paired change
+LOGLOSS_FALLING = 0.01  # the last epoch's valid logloss more than 1% under the one before: stopped while still falling
+# flags that keep a run out of a sweep's means (still_improving alone does not: a fixed-length run often ends on it)
+EXCLUDING = ("near_chance", "below_other_seeds", "worse_than_base_rate", "logloss_falling")
 
 
 @dataclass(frozen=True)
@@ -101,7 +107,9 @@ def run_flags(ckpt: dict[str, Any]) -> list[dict[str, str]]:
 
     - ``near_chance``: best epoch <= EARLY_EPOCHS with a best validation AUC under NEAR_CHANCE_AUC;
     - ``worse_than_base_rate``: the headline logloss is worse than predicting the training split's positive rate;
-    - ``still_improving``: the best epoch is the last epoch run (training had not converged).
+    - ``still_improving``: the best epoch is the last epoch run (training had not converged);
+    - ``logloss_falling``: besides, the last epoch's valid logloss is more than LOGLOSS_FALLING under the epoch
+      before (stopped while the loss still fell fast).
     """
     from dcollapse.reports.runs import best_entry, headline_metrics
 
@@ -124,7 +132,42 @@ def run_flags(ckpt: dict[str, Any]) -> list[dict[str, str]]:
             "flag": "still_improving",
             "reason": f"still improving at the last epoch ({epoch} of {len(history)}): more epochs may change it",
         })  # fmt: skip
+        losses = [h.get("valid_logloss") for h in history[-2:]]
+        if len(losses) == 2 and None not in losses and losses[1] < (1 - LOGLOSS_FALLING) * losses[0]:
+            flags.append({
+                "flag": "logloss_falling",
+                "reason": f"valid logloss still fell {1 - losses[1] / losses[0]:.1%} in the last epoch "
+                f"({losses[0]:.4f} -> {losses[1]:.4f})",
+            })  # fmt: skip
     return flags
+
+
+def seed_flags(best_epoch: int | None, auc: float | None, other_aucs: list[float]) -> list[dict[str, str]]:
+    """The flag a run gets against the other seeds of its grid entry: ``below_other_seeds`` when it stopped at best
+    epoch <= EARLY_EPOCHS with a best valid AUC more than SEED_AUC_GAP under the median of ``other_aucs``."""
+    if best_epoch is None or auc is None or not other_aucs or best_epoch > EARLY_EPOCHS:
+        return []
+    median = statistics.median(other_aucs)
+    if auc >= median - SEED_AUC_GAP:
+        return []
+    return [{
+        "flag": "below_other_seeds",
+        "reason": f"best epoch {best_epoch} with valid AUC {auc:.3f}, over {SEED_AUC_GAP} under the other seeds' "
+        f"median {median:.3f}",
+    }]  # fmt: skip
+
+
+def claim_state(changes: list[float], interval: tuple[float, float] | None) -> str:
+    """'held' | 'not held' | 'mixed' | 'not judged' for the claim "the DNN raises RankMe", from the seed-paired
+    RankMe changes and their CLAIM_LEVEL t interval: held when every seed is up by more than RANKME_SAME and the
+    interval lies above 0; not held when no seed is up by more than RANKME_SAME; mixed otherwise; not judged with
+    fewer than two seeds."""
+    if len(changes) < 2 or interval is None:
+        return "not judged"
+    up = sum(c > RANKME_SAME for c in changes)
+    if up == len(changes) and interval[0] > 0:
+        return "held"
+    return "not held" if up == 0 else "mixed"
 
 
 def change_line(name: str, rankme_change: float | None, auc_change: float | None, split: str) -> str | None:
