@@ -263,3 +263,18 @@ def test_logloss_still_falling_at_the_last_epoch_is_a_flag_that_excludes():
     history[1]["valid_logloss"] = 0.499
     assert [f["flag"] for f in verdict.run_flags(ckpt)] == ["still_improving"]
     assert verdict.seed_flags(3, 0.5, [0.7, 0.7]) == []  # a late best epoch is not judged against the seeds
+
+
+def test_preprocess_warns_of_a_constant_train_field_and_reports_the_oov_share_of_valid_and_test(tmp_path):
+    from dcollapse.data.preprocess import Options, preprocess
+
+    train = ["label,shop,colour", *[f"{i % 2},s{i % 5},red" for i in range(200)]]
+    test = ["label,shop,colour", *[f"{i % 2},{'s1' if i < 30 else 'new' + str(i)},red" for i in range(100)]]
+    (tmp_path / "train.csv").write_text("\n".join(train) + "\n")
+    (tmp_path / "test.csv").write_text("\n".join(test) + "\n")
+    options = Options(format="csv", label="label", split_files=True, valid_frac=0.0)
+    meta = preprocess([tmp_path / "train.csv", tmp_path / "test.csv"], tmp_path / "out", options)
+    assert meta["oov_share"]["test"] == {"shop": pytest.approx(0.70), "colour": 0.0}  # 70 of 100 shops unseen
+    notes = " | ".join(meta["notes"])
+    assert "field colour is constant in the train split" in notes and "field shop" not in notes
+    assert "over 20% of the rows map to the OOV id" in notes and "shop 70% (test)" in notes

@@ -11,7 +11,7 @@ from typing import Any
 import polars as pl
 
 from dcollapse.data import formats
-from dcollapse.data.dataset import write_dataset
+from dcollapse.data.dataset import OOV_ID, write_dataset
 from dcollapse.data.formats import BAD, LINE
 from dcollapse.data.scan import InputScan, polars_job
 from dcollapse.data.vocabulary import Codes, bin_keys, build_vocab, count_query
@@ -26,6 +26,7 @@ TRANSFORM_FILE = "transform.json"
 SPLIT = "__split"
 FILE = "__file"
 SPLIT_CODES = {"train": 0, "valid": 1, "test": 2}
+OOV_WARN_SHARE = 0.2  # a field whose valid/test rows map to the OOV id more often than this gets a warning note
 MAX_COUNT = 2**63 - 1  # counts are int64
 
 
@@ -130,6 +131,8 @@ def preprocess(
             *[codes.ids(n, vocab.filter(pl.col("field") == n)) for n in names], pl.col(formats.LABEL), pl.col(SPLIT)
         )
         parts = {s: encoded.filter(pl.col(SPLIT) == SPLIT_CODES[s]) for s in _split_names(opts)}
+        oov_share, constant = polars_job(lambda: _field_checks(encoded, names), source.files)
+        notes += _field_warnings(oov_share, constant)
         transform_doc = {
             "options": asdict(opts),
             "numeric_edges": numeric_edges,
@@ -155,11 +158,38 @@ def preprocess(
                     TRANSFORM_FILE: lambda p: p.write_text(json.dumps(transform_doc, indent=2) + "\n"),
                 },
                 drop_empty=True,
-                extra={"columns": [asdict(c) for c in source.columns], "notes": notes, **vocabulary},
+                extra={"columns": [asdict(c) for c in source.columns], "notes": notes, "oov_share": oov_share,
+                       **vocabulary},  # fmt: skip
             ),
             source.files,
             out_dir,
         )
+
+
+def _field_checks(encoded: pl.LazyFrame, names: list[str]) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """({split: {field: share of its rows with the OOV id}} for valid and test, the fields with one id in train)."""
+    by_split = encoded.group_by(SPLIT).agg(
+        *[(pl.col(n) == OOV_ID).mean().alias(f"oov {n}") for n in names],
+        *[pl.col(n).n_unique().alias(f"ids {n}") for n in names],
+    ).collect(engine="streaming")  # fmt: skip
+    rows = {row[SPLIT]: row for row in by_split.iter_rows(named=True)}
+    oov = {split: {n: float(rows[code][f"oov {n}"]) for n in names}
+           for split, code in SPLIT_CODES.items() if split != "train" and code in rows}  # fmt: skip
+    train = rows.get(SPLIT_CODES["train"])
+    return oov, [n for n in names if train is not None and train[f"ids {n}"] == 1]
+
+
+def _field_warnings(oov_share: dict[str, dict[str, float]], constant: list[str]) -> list[str]:
+    """The warning notes of :func:`_field_checks`' results."""
+    notes = [f"warning: field {n} is constant in the train split (one id): it cannot tell rows apart" for n in constant]
+    high = [f"{n} {share:.0%} ({split})" for split, shares in oov_share.items() for n, share in shares.items()
+            if share > OOV_WARN_SHARE]  # fmt: skip
+    if high:
+        notes.append(
+            f"warning: over {OOV_WARN_SHARE:.0%} of the rows map to the OOV id (unseen in train, or rarer than "
+            f"--min-count there; they all share one embedding row) in: {', '.join(high)}"
+        )
+    return notes
 
 
 def _parse_checked(source: formats.Source, opts: Options, rows_file: Path) -> tuple[Codes, pl.DataFrame, pl.DataFrame]:
