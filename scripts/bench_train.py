@@ -40,7 +40,7 @@ from torch.nn import functional
 
 from dcollapse.data.dataset import load_meta, load_split
 from dcollapse.models import build_model
-from dcollapse.train import SparseTableOptimizer, make_optimizer
+from dcollapse.train import SparseTableOptimizer, full_config, make_optimizer
 
 MODELS = {
     "FM": {"model": "fm", "arch": "none"},
@@ -213,8 +213,8 @@ def main() -> None:
         runs = {}
         for variant in variants:
             sparse = "sparse" in variant
-            config = {**MODELS[name], "emb_dim": args.emb_dim, "lr": 1e-3, "optimizer": "adam", "l2_emb": 0.0,
-                      "sparse_emb": sparse, "fused_update": variant == "ours fused"}  # fmt: skip
+            config = full_config({**MODELS[name], "emb_dim": args.emb_dim, "lr": 1e-3, "optimizer": "adam",
+                                  "l2_emb": 0.0, "sparse_emb": sparse, "fused_update": variant == "ours fused"})
             torch.manual_seed(0)
             if variant.startswith("ours"):
                 model = build_model(config, meta).to(device)

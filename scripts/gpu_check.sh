@@ -116,7 +116,7 @@ step cases 80 "$PY" "$REPO/scripts/gpu_check_cases.py" --out "$OUT/cases.jsonl" 
 if [ "$DRY" = 1 ]; then
     # bench_kernels refuses to time the interpreter: on the CPU it times the reference path (no Triton launch)
     step kernels 120 env TRITON_INTERPRET=0 DCOLLAPSE_KERNELS=auto "$PY" "$REPO/scripts/bench_kernels.py" --quick --vocab 200 --spectrum-rows 2000 --json "$OUT/bench_kernels.json"
-    step train 120 "$PY" "$REPO/scripts/bench_train.py" --models FM --rows 3000 --batch 256 --steps 2 --repeats 1 \
+    step train 120 "$PY" "$REPO/scripts/bench_train.py" --models FM --fields 8 --rows 2000 --batch 64 --steps 2 --repeats 1 \
         --no-compile --variants "ours dense,ours fused,baseline dense" --json "$OUT/bench_train.json"
 else
     step kernels 120 "$PY" "$REPO/scripts/bench_kernels.py" --quick --vocab 1000000 --json "$OUT/bench_kernels.json"

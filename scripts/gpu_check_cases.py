@@ -107,7 +107,7 @@ def huge_table(device: torch.device, small: bool) -> dict:
 def repeatability(device: torch.device, small: bool) -> dict:
     """Three training steps twice from one seed: bitwise equal weights (deterministic kernels, no atomics)."""
     from dcollapse.models import build_model
-    from dcollapse.train import make_optimizer
+    from dcollapse.train import full_config, make_optimizer
 
     sizes = [20] * 4 if small else [60] * 13 + [100_000] * 26
     meta = {"fields": [{"name": f"c{i}", "vocab_size": v, "offset": sum(sizes[:i])} for i, v in enumerate(sizes)]}
@@ -123,7 +123,7 @@ def repeatability(device: torch.device, small: bool) -> dict:
             states = []
             for _ in range(2):
                 torch.manual_seed(0)
-                cfg = {**config, "emb_dim": 16, "lr": 1e-3, "optimizer": "adam", "l2_emb": 0.0, "fused_update": fused}
+                cfg = full_config({**config, "emb_dim": 16, "lr": 1e-3, "optimizer": "adam", "fused_update": fused})
                 model = build_model(cfg, meta).to(device)
                 optimizer = make_optimizer(model, cfg)
                 for step in range(3):
