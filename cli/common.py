@@ -43,6 +43,8 @@ def handles_errors(fn: F) -> F:
             raise  # stdout closed by the reader (`| head`): Typer exits quietly
         except (UserError, CheckFailed, OSError, KeyboardInterrupt) as exc:
             raise typer.Exit(report(exc)) from None
+        finally:
+            signals.command_finished()
 
     return wrapper  # type: ignore[return-value]
 

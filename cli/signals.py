@@ -1,8 +1,9 @@
 """Signals of the ``dcollapse`` process (imports nothing heavy: it is the first module the CLI loads).
 
-Until a command starts (Python and torch importing, options parsing) Ctrl-C and SIGTERM end the process at once
-with one line and exit 130: nothing has been written yet. Inside a command both raise KeyboardInterrupt, so the
-command's temporary outputs are removed on the way out and the error boundary (cli/common.py) prints one line.
+Until a command starts (Python and torch importing, options parsing) and after it ends, Ctrl-C and SIGTERM end the
+process at once with one line and exit 130: nothing is being written then. Inside a command both raise
+KeyboardInterrupt, so the command's temporary outputs are removed on the way out and the error boundary
+(cli/common.py) prints one line.
 """
 
 from __future__ import annotations
@@ -39,9 +40,26 @@ def restore(previous: dict[int, Any]) -> None:
 
 def command_started() -> None:
     """Where :func:`starting` is in force (the CLI process, not a library or test process), from now on SIGINT and
-    SIGTERM raise KeyboardInterrupt."""
+    SIGTERM raise KeyboardInterrupt (until the matching :func:`command_finished`; commands may nest)."""
     if threading.current_thread() is not threading.main_thread():
         return
+    _depth.append(None)
     for sig in SIGNALS:
         if signal.getsignal(sig) is exit_at_once:
             signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else interrupt)
+            _switched.add(sig)
+
+
+def command_finished() -> None:
+    """After the outermost command (its outputs complete or removed): back to :func:`exit_at_once` for what
+    :func:`command_started` switched, so a signal while the program winds down is one line, not a traceback."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if _depth:
+        _depth.pop()
+    while _switched and not _depth:
+        signal.signal(_switched.pop(), exit_at_once)
+
+
+_switched: set[int] = set()  # the signals command_started took over from exit_at_once
+_depth: list[None] = []  # commands running (one entry each)

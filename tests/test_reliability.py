@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from dcollapse import checkpoint, io
-from dcollapse.cli import common
+from dcollapse.cli import common, signals
 from dcollapse.cli.app import app
 from dcollapse.cli.launch import command_line
 from dcollapse.data import scan
@@ -307,8 +308,8 @@ def assert_interrupted_or_done(code: int, lines: list[str], out: Path, done) -> 
     assert not any("Traceback" in line for line in lines), "\n".join(lines)
     if code == 0:
         assert done(out)
-    elif code < 0:  # the interpreter's first or last instants: nothing printed, no output or a complete one
-        assert code in (-signal.SIGINT, -signal.SIGTERM) and lines == [], (code, lines)
+    elif code < 0:  # the interpreter's first or last instants: no output or a complete one
+        assert code in (-signal.SIGINT, -signal.SIGTERM) and lines in ([], ["interrupted"]), (code, lines)
         assert not out.exists() or done(out)
     else:
         assert code == 130 and len([ln for ln in lines if not ln.startswith("epoch")]) == 1, (code, lines)
@@ -340,6 +341,32 @@ def test_sigint_at_random_times_in_the_first_seconds_of_train(tiny, tmp_path):
         assert_interrupted_or_done(code, lines, out, lambda o: checkpoint.load(o)["history"])
         if out.exists():  # interrupted after an epoch: the last good checkpoint, loadable
             assert checkpoint.load(out)["history"]
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals: main thread only")
+def test_signal_handlers_switch_around_a_command(capsys):
+    """Quick exit before and after the command; KeyboardInterrupt for both signals inside it (nested too)."""
+    previous = signals.starting()
+    try:
+        assert signal.getsignal(signal.SIGINT) is signals.exit_at_once
+
+        @common.handles_errors
+        def inner() -> None:
+            assert signal.getsignal(signal.SIGTERM) is signals.interrupt
+
+        @common.handles_errors
+        def command() -> None:
+            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            inner()
+            assert signal.getsignal(signal.SIGTERM) is signals.interrupt  # still inside the outer command
+            raise KeyboardInterrupt
+
+        with pytest.raises(typer.Exit) as stop:
+            command()
+        assert stop.value.exit_code == 130 and lines_of(capsys.readouterr().err) == ["interrupted"]
+        assert signal.getsignal(signal.SIGINT) is signal.getsignal(signal.SIGTERM) is signals.exit_at_once
+    finally:
+        signals.restore(previous)
 
 
 def test_fifo_and_devices_as_input_are_refused_at_once(tmp_path):
