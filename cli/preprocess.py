@@ -78,6 +78,11 @@ def preprocess_command(
         None, "--apply", help="Reuse the vocabularies of this existing dataset (new rows go to a 'test' split)."
     ),
     bad_rows: str = typer.Option("error", "--bad-rows", help="Malformed rows: 'error' (stop) or 'skip' (count them)."),
+    field_map: Path | None = typer.Option(
+        None, "--field-map", metavar="FILE",
+        help="libFM: name the fields from a 'field:value<TAB>index' file (e.g. iPinYou's featindex.fm.txt) instead "
+        "of f1, f2, ...",
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -103,6 +108,7 @@ def preprocess_command(
         split_files=split_files,
         apply=str(apply) if apply is not None else None,
         bad_rows=bad_rows,
+        field_map=str(field_map) if field_map is not None else None,
     )
     with progress() as bar:
         task = bar.add_task("preprocess", total=3, status="")

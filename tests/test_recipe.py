@@ -278,3 +278,27 @@ def test_preprocess_warns_of_a_constant_train_field_and_reports_the_oov_share_of
     notes = " | ".join(meta["notes"])
     assert "field colour is constant in the train split" in notes and "field shop" not in notes
     assert "over 20% of the rows map to the OOV id" in notes and "shop 70% (test)" in notes
+
+
+def test_libfm_field_map_names_the_fields_and_bad_maps_are_one_line_errors(tmp_path):
+    rows = [f"{i % 2} {i % 3}:1 {10 + i % 4}:1" for i in range(40)]
+    (tmp_path / "d.fm").write_text("\n".join(rows) + "\n")
+    fmap = tmp_path / "featindex.txt"
+    fmap.write_text(
+        "".join(f"weekday:{v}\t{v}\n" for v in range(3)) + "".join(f"city:c\u00e9{v}\t{10 + v}\n" for v in range(4))
+    )
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["preprocess", str(tmp_path / "d.fm"), "--format", "libfm", "--field-map", str(fmap),
+                                 "--out", str(out), "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    import json
+
+    assert [f["name"] for f in json.loads((out / "meta.json").read_text())["fields"]] == ["weekday", "city"]
+    fmap.write_text("weekday:0\t0\nweekday:1\t10\n")
+    bad = runner.invoke(app, ["preprocess", str(tmp_path / "d.fm"), "--format", "libfm", "--field-map", str(fmap),
+                              "--out", str(tmp_path / "bad")])  # fmt: skip
+    assert bad.exit_code == 2 and "several positions" in bad.output and not (tmp_path / "bad").exists()
+    fmap.write_text("weekday:0\t0\n")
+    missing = runner.invoke(app, ["preprocess", str(tmp_path / "d.fm"), "--format", "libfm", "--field-map", str(fmap),
+                                  "--out", str(tmp_path / "bad")])  # fmt: skip
+    assert missing.exit_code == 2 and "token 2: index '10' is not in" in missing.output

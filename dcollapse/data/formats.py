@@ -623,7 +623,10 @@ def _libfm(paths: list[Path], opts: dict[str, Any]) -> Source:
             n_fields = len(first.item().split(" ")) - 1
             if n_fields < 1:
                 raise UserError(f"{path}, line 1: expected 'label idx:val idx:val ...'")
-        names = ["__label"] + [f"f{k}" for k in range(1, n_fields + 1)]
+            fields = [f"f{k}" for k in range(1, n_fields + 1)]
+            if opts.get("field_map"):
+                fields = libfm_field_names(Path(opts["field_map"]), first.item().split(" ")[1:], path)
+        names = ["__label", *fields]
         lf, count_check = _split(lines, " ", names)
         raw = pl.col("__label")
         value = raw.cast(pl.Float64, strict=False)
@@ -639,7 +642,31 @@ def _libfm(paths: list[Path], opts: dict[str, Any]) -> Source:
             ],
         ]
         out.add(lf, checks, [(value > 0).cast(pl.Int8).alias(LABEL), *names[1:]])
-    return out.source([(f"f{k}", CATEGORICAL) for k in range(1, n_fields + 1)], paths)
+    return out.source([(name, CATEGORICAL) for name in fields], paths)
+
+
+def libfm_field_names(field_map: Path, tokens: list[str], data: Path) -> list[str]:
+    """The field name of each position of a libFM row: the ``field`` of the ``field:value<TAB>index`` line of
+    ``field_map`` whose index is the one of that position's ``idx:val`` token in ``tokens`` (the first row of
+    ``data``)."""
+    try:
+        table = pl.read_csv(field_map, separator="\t", has_header=False, new_columns=["key", "index"], quote_char=None,
+                            schema_overrides={"key": pl.String, "index": pl.Int64})  # fmt: skip
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        raise UserError(f"{field_map}: cannot read as 'field:value<TAB>index' lines ({first_line(exc)})") from None
+    if table.width != 2 or table.height == 0:
+        raise UserError(f"{field_map}: expected 'field:value<TAB>index' lines")
+    field_of = dict(table.select(pl.col("index"), pl.col("key").str.split(":").list.first()).iter_rows())
+    names = []
+    for k, token in enumerate(tokens, start=1):
+        index = int(token.split(":")[0]) if token.split(":")[0].isdigit() else None
+        if index not in field_of:
+            raise UserError(f"{data}, line 1, token {k}: index {token.split(':')[0]!r} is not in {field_map}")
+        names.append(field_of[index])
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise UserError(f"{field_map}: several positions of {data} belong to field(s) {', '.join(repeated)}")
+    return names
 
 
 def _movielens(folder: Path) -> Source:

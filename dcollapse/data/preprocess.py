@@ -51,6 +51,7 @@ class Options:
     split_files: bool = False
     apply: str | None = None
     bad_rows: str = "error"
+    field_map: str | None = None  # libfm: a 'field:value<TAB>index' file naming the fields
 
 
 def preprocess(
@@ -81,7 +82,8 @@ def preprocess(
     if transform is not None:
         if opts.format not in (None, transform["options"]["format"]):
             raise UserError(f"--format {opts.format} differs from the format of --apply {opts.apply}")
-        for key in ("format", "label", "categorical", "numeric", "drop", "positive", "numeric_bins", "separator"):
+        kept = ("format", "label", "categorical", "numeric", "drop", "positive", "numeric_bins", "separator")
+        for key in (*kept, "field_map"):
             setattr(opts, key, transform["options"].get(key, getattr(Options(), key)))
         read_as = {"fields": {f["name"]: f["kind"] for f in transform["fields"]}}
         read_as["label_rule"] = transform.get("label_rule")
