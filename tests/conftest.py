@@ -20,5 +20,6 @@ def device():
     Triton interpreter)."""
     import torch
 
-    interpreting = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-    return torch.device("cuda" if torch.cuda.is_available() and not interpreting else "cpu")
+    from dcollapse.kernels.dispatch import interpreting
+
+    return torch.device("cuda" if torch.cuda.is_available() and not interpreting() else "cpu")
