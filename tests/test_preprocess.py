@@ -185,11 +185,12 @@ def test_avazu_hour_split_and_no_header(tmp_path):
     body = ["1,0,14102100," + ",".join(["x"] * 21), "2,1,14102623," + ",".join(["y"] * 21)]
     meta = run([write_lines(tmp_path / "a.csv", [header, *body])], tmp_path / "out", format="avazu", **ALL_TRAIN)
     names = [f["name"] for f in meta["fields"]]
-    assert names[:3] == ["hour_of_day", "weekday", "C1"] and "id" not in names and len(names) == 23
+    assert names[:4] == ["hour_of_day", "weekday", "weekend", "C1"] and "id" not in names and len(names) == 24
     assert frame(tmp_path / "out")["label"].to_list() == [0, 1]
     # 2014-10-21 is a Tuesday (ISO weekday 2), 2014-10-26 a Sunday (7); hours 00 and 23.
     assert set(vocab_of(tmp_path / "out", "weekday")) == {"2", "7"}
     assert set(vocab_of(tmp_path / "out", "hour_of_day")) == {"0", "23"}
+    assert set(vocab_of(tmp_path / "out", "weekend")) == {"0", "1"}  # the Sunday row is a weekend
     bare = run([write_lines(tmp_path / "b.csv", body)], tmp_path / "bare", format="avazu", header=False, **ALL_TRAIN)
     assert bare["fields"] == meta["fields"]
 

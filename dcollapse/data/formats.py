@@ -520,10 +520,11 @@ def _avazu(paths: list[Path], opts: dict[str, Any]) -> Source:
             label,
             hh.cast(pl.String).alias("hour_of_day"),
             date.dt.weekday().cast(pl.String).alias("weekday"),
+            date.dt.weekday().is_in([6, 7]).cast(pl.Int8).cast(pl.String).alias("weekend"),  # FuxiCTR's Avazu_x4
             *rest,
         ]
         out.add(lf, [count_check, label_check, hour_check], columns_out)
-    fields = [("hour_of_day", CATEGORICAL), ("weekday", CATEGORICAL)] + [(c, CATEGORICAL) for c in rest]
+    fields = [(name, CATEGORICAL) for name in ("hour_of_day", "weekday", "weekend")] + [(c, CATEGORICAL) for c in rest]
     source = out.source(fields, paths)
     source.notes = notes
     return source
