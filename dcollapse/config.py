@@ -46,7 +46,7 @@ MODEL_ALIASES: dict[str, tuple[str, str]] = {
 }
 # The names of choices whose implementations live elsewhere (tests hold the two lists together): this module stays
 # free of torch, so the command line starts without importing it.
-TRACKABLE = ("richness",)  # dcollapse.train.collapse_snapshot
+TRACKABLE = ("richness",)  # dcollapse.evaluation.collapse_snapshot
 OPTIMIZERS = ("adam", "adagrad", "sgd")  # dcollapse.train.OPTIMIZERS
 ACTIVATIONS = ("relu", "gelu", "identity")  # dcollapse.models.mlp.ACTIVATIONS
 NORMS = ("none", "batch", "layer")  # dcollapse.models.mlp.NORMS

@@ -19,26 +19,21 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 import torch
-from sklearn.metrics import log_loss, roc_auc_score
 from torch.nn import functional
 
 from dcollapse import checkpoint
 from dcollapse.config import full_config
 from dcollapse.data.dataset import Split, load_meta, load_split, split_tensors
 from dcollapse.device import pick_device
-from dcollapse.diagnostics.richness import richness_snapshot
 from dcollapse.errors import UserError
-from dcollapse.metrics import DEFAULT_SEED
-from dcollapse.metrics.collapse import fixed_batch
-from dcollapse.metrics.spectrum import field_singular_values, information_abundance, rankme, singular_values
+from dcollapse.evaluation import collapse_snapshot, evaluate, snapshot_rows
 from dcollapse.models import CTRModel, build_model
 from dcollapse.models.embedding import FusedTableOptimizer
 from dcollapse.monitor import TrainingBoard
@@ -47,8 +42,6 @@ OPTIMIZERS = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "sgd": t
 # sparse_emb: the tables' optimizer. SparseAdam is lazy Adam (rows absent from a batch keep their moments undecayed,
 # unlike dense Adam); Adagrad and SGD without momentum leave a row with a zero gradient unchanged, so they are exact.
 SPARSE_OPTIMIZERS = {"adam": torch.optim.SparseAdam, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
-SNAPSHOT_SEED = DEFAULT_SEED  # the collapse-snapshot batch is the reports' default batch, whatever --seed
-EVAL_BATCH = 65_536
 MIN_LR = 1e-6  # lr_decay never goes below this (FuxiCTR's lr_decay min_lr)
 
 
@@ -65,18 +58,34 @@ def default_threads(processes: int = 1) -> int:
     return max(1, min(cpus, round(idle)) // max(1, processes))
 
 
+def parameter_bound(config: dict[str, Any], meta: dict[str, Any]) -> int:
+    """An upper bound on the parameters of the model ``config`` builds on ``meta``'s fields, from the shapes alone:
+    the table (plus a first-order weight per id), a DNN (with one) whose input is at most every embedding and
+    every pair, cross layers (CrossNet) on the flat embeddings, and a head on all of them."""
+    rows = sum(int(f["vocab_size"]) for f in meta["fields"])
+    fields, width = len(meta["fields"]), int(config["emb_dim"]) * int(config.get("num_sets") or 1)
+    flat = fields * width
+    widths = [flat + fields * (fields - 1) // 2, *map(int, config.get("dnn") or []), 1]
+    dnn = sum((a + 1) * b for a, b in zip(widths, widths[1:], strict=False)) if config["arch"] != "none" else 0
+    cross = int(config.get("cross_layers") or 0) * (flat + 1) * flat if config["model"] == "crossnet" else 0
+    return rows * (width + 1) + dnn + cross + flat + 1
+
+
 def check_model_fits(config: dict[str, Any], meta: dict[str, Any], device: torch.device) -> None:
     """Refuse a model whose weights, gradients and two optimizer moments (4 x 4 bytes a parameter) exceed the
-    memory of ``device`` (the machine's RAM for the CPU), before anything is allocated: the model is built on
-    torch's meta device, which only counts."""
-    with torch.device("meta"):
-        model = build_model(config, meta)
-    params = sum(p.numel() for p in model.parameters())
-    need = 16 * params
+    memory of ``device`` (the machine's RAM for the CPU), before anything is allocated. The bound of
+    :func:`parameter_bound` settles almost every run at once; only a model near the limit is built on torch's meta
+    device (which only counts, but costs seconds on first use) for its exact size."""
     if device.type == "cuda":
         have = torch.cuda.get_device_properties(device).total_memory
     else:
         have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if 16 * parameter_bound(config, meta) <= have:
+        return
+    with torch.device("meta"):
+        model = build_model(config, meta)
+    params = sum(p.numel() for p in model.parameters())
+    need = 16 * params
     if need > have:
         raise UserError(
             f"the model has {params:.3g} parameters, {need / 2**30:,.0f} GiB with gradients and optimizer state: "
@@ -329,50 +338,6 @@ def parquet_chunks(
         frame = pl.scan_parquet(path).select([*names, meta["label"]]).slice(starts[i], chunk_rows).collect()
         chunk = split_tensors(frame, meta, path, first_row=starts[i])  # ids in range, labels 0/1
         yield Split(chunk.ids.to(device), chunk.labels.to(device))
-
-
-@torch.no_grad()
-def predict(model: CTRModel, ids: torch.Tensor, batch_size: int = EVAL_BATCH) -> np.ndarray:
-    """Click probabilities float64 [N] for ids int [N, F] (model in eval mode)."""
-    model.eval()
-    logits = [model(ids[i : i + batch_size]).double().cpu() for i in range(0, len(ids), batch_size)]
-    return torch.sigmoid(torch.cat(logits)).numpy() if logits else np.zeros(0)
-
-
-def evaluate(model: CTRModel, split: Split, name: str = "valid") -> dict[str, float]:
-    """{"auc", "logloss", "rows"} of ``model`` on ``split`` (scikit-learn's metrics)."""
-    return scores(split.labels.cpu().numpy(), predict(model, split.ids), name)
-
-
-def scores(labels: np.ndarray, probs: np.ndarray, name: str = "valid") -> dict[str, float]:
-    """{"auc", "logloss", "rows"} of click probabilities ``probs`` [N] against ``labels`` [N]."""
-    if len(np.unique(labels)) < 2:
-        raise UserError(f"{name} split: AUC needs both clicks and non-clicks, found only label {labels[:1]}")
-    return {"auc": float(roc_auc_score(labels, probs)), "logloss": float(log_loss(labels, probs)), "rows": len(labels)}
-
-
-@torch.no_grad()
-def collapse_snapshot(model: CTRModel, batch: Split, track: Sequence[str] = ()) -> dict[str, Any]:
-    """RankMe of Z = flat embeddings [B, F*d_total] of the fixed batch (ids [B, F], labels [B]), per-field
-    information abundance of each field's table [V_f, d_total] (its mean over fields as ``mean_ia``), and the extra
-    diagnostics named in ``track`` (see ``TRACKABLE``) on the same embeddings."""
-    E = torch.cat([model.embed(batch.ids[i : i + EVAL_BATCH]) for i in range(0, len(batch), EVAL_BATCH)])
-    spectra = field_singular_values(model.embedding.table, model.embedding.offsets)  # [F, d_total]
-    field_ia = [information_abundance(s) for s in spectra]
-    snapshot = {
-        "rankme": rankme(singular_values(E.flatten(1))),
-        "field_ia": field_ia,
-        "mean_ia": float(np.mean(field_ia)),
-    }
-    if "richness" in track:
-        snapshot |= richness_snapshot(model, E, batch.labels)
-    return snapshot
-
-
-def snapshot_rows(valid: Split, rows: int) -> Split:
-    """The fixed validation batch: up to ``rows`` rows drawn with a constant seed (ids [B, F], labels [B]); the
-    same rows the reports measure by default."""
-    return fixed_batch(valid, rows, SNAPSHOT_SEED)
 
 
 def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -440,3 +440,22 @@ def test_cli_eval_checks_the_dataset_like_the_reports(tiny, tmp_path):
     write_dataset(tmp_path / "wider", [6, 5, 4, 8], {"test": 50})
     result = runner.invoke(app, ["eval", str(out), str(tmp_path / "wider")])
     assert result.exit_code == 2 and "fields (name, vocab size) differ" in result.stderr
+
+
+@pytest.mark.parametrize("model", ["fm", "crossnet", "dot"])
+def test_the_parameter_bound_is_never_below_the_real_count(model):
+    """check_model_fits trusts parameter_bound to skip the meta-device build: it must bound every variant."""
+    import itertools
+
+    from dcollapse.config import full_config
+    from dcollapse.models import build_model
+
+    sizes = [12, 40, 7, 60, 3]
+    offsets = np.cumsum([0, *sizes[:-1]])
+    meta = {"fields": [{"name": f"f{i}", "vocab_size": v, "offset": int(o)}
+                       for i, (v, o) in enumerate(zip(sizes, offsets, strict=True))]}  # fmt: skip
+    for arch, style, sets in itertools.product(["none", "parallel", "stacked"], ["paper", "textbook"], [1, 3]):
+        config = full_config({"model": model, "arch": arch, "style": style, "num_sets": sets, "emb_dim": 8,
+                              "dnn": [16, 32], "cross_layers": 2})  # fmt: skip
+        real = sum(p.numel() for p in build_model(config, meta).parameters())
+        assert real <= training.parameter_bound(config, meta) <= 4 * real + 10_000, (arch, style, sets)
