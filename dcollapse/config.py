@@ -47,7 +47,7 @@ MODEL_ALIASES: dict[str, tuple[str, str]] = {
 # The names of choices whose implementations live elsewhere (tests hold the two lists together): this module stays
 # free of torch, so the command line starts without importing it.
 TRACKABLE = ("richness",)  # dcollapse.evaluation.collapse_snapshot
-OPTIMIZERS = ("adam", "adagrad", "sgd")  # dcollapse.train.OPTIMIZERS
+OPTIMIZERS = ("adam", "adagrad", "sgd")  # dcollapse.optim.OPTIMIZERS
 ACTIVATIONS = ("relu", "gelu", "identity")  # dcollapse.models.mlp.ACTIVATIONS
 NORMS = ("none", "batch", "layer")  # dcollapse.models.mlp.NORMS
 MONITORS = ("auc", "logloss", "auc-logloss")  # dcollapse.train.monitor_score

@@ -38,9 +38,10 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from dcollapse.config import full_config
 from dcollapse.data.dataset import load_meta, load_split
 from dcollapse.models import build_model
-from dcollapse.train import SparseTableOptimizer, full_config, make_optimizer
+from dcollapse.optim import SparseTableOptimizer, make_optimizer
 
 MODELS = {
     "FM": {"model": "fm", "arch": "none"},

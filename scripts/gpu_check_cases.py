@@ -106,8 +106,9 @@ def huge_table(device: torch.device, small: bool) -> dict:
 
 def repeatability(device: torch.device, small: bool) -> dict:
     """Three training steps twice from one seed: bitwise equal weights (deterministic kernels, no atomics)."""
+    from dcollapse.config import full_config
     from dcollapse.models import build_model
-    from dcollapse.train import full_config, make_optimizer
+    from dcollapse.optim import make_optimizer
 
     sizes = [20] * 4 if small else [60] * 13 + [100_000] * 26
     meta = {"fields": [{"name": f"c{i}", "vocab_size": v, "offset": sum(sizes[:i])} for i, v in enumerate(sizes)]}

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+import dcollapse.optim as optim
 import dcollapse.train as training
 from dcollapse import config, sweep
 from dcollapse.cli.app import app
@@ -51,7 +52,7 @@ def test_defaults_and_their_types():
 
 def test_choice_names_match_their_implementations():
     assert config.ACTIVATIONS == tuple(ACTIVATIONS) and config.NORMS == tuple(NORMS)
-    assert config.OPTIMIZERS == tuple(training.OPTIMIZERS) == tuple(training.SPARSE_OPTIMIZERS)
+    assert config.OPTIMIZERS == tuple(optim.OPTIMIZERS) == tuple(optim.SPARSE_OPTIMIZERS)
 
 
 @pytest.mark.parametrize(

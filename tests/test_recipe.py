@@ -11,6 +11,7 @@ import torch
 from _ctr_fixtures import write_tiny
 from typer.testing import CliRunner
 
+import dcollapse.optim as optim
 import dcollapse.train as training
 from dcollapse import checkpoint
 from dcollapse.cli.app import app
@@ -93,16 +94,16 @@ def test_monitor_score_is_the_fuxictr_expression():
 def test_lr_decays_tenfold_after_each_epoch_without_improvement_and_not_below_the_floor():
     param = torch.nn.Parameter(torch.zeros(2))
     adam = torch.optim.Adam([param], lr=1e-3)
-    clipped = training.ClipGradients(adam, [param], 10.0)
+    clipped = optim.ClipGradients(adam, [param], 10.0)
     for expected in (1e-4, 1e-5, 1e-6, 1e-6):
-        training.decay_lr(clipped, 0.1)
+        optim.decay_lr(clipped, 0.1)
         assert adam.param_groups[0]["lr"] == pytest.approx(expected)
 
 
 def test_clip_gradients_limits_the_total_norm_before_the_step():
     param = torch.nn.Parameter(torch.zeros(4))
     sgd = torch.optim.SGD([param], lr=1.0)
-    clipped = training.ClipGradients(sgd, [param], 10.0)
+    clipped = optim.ClipGradients(sgd, [param], 10.0)
     param.grad = torch.tensor([30.0, 40.0, 0.0, 0.0])  # norm 50 -> 10
     clipped.step()
     assert torch.allclose(param.detach(), torch.tensor([-6.0, -8.0, 0.0, 0.0]))

@@ -11,6 +11,7 @@ import torch
 from _ctr_fixtures import untimed, write_dataset, write_tiny
 from typer.testing import CliRunner
 
+import dcollapse.optim as optim
 import dcollapse.train as training
 from dcollapse import checkpoint, sweep
 from dcollapse.cli.app import app
@@ -77,7 +78,7 @@ def model_and_batches(data_dir: Path, config: dict, steps: int):
     offsets = model.embedding.offsets.numpy()
     return (
         model,
-        training.make_optimizer(model, config),
+        optim.make_optimizer(model, config),
         [(train.ids[b], train.labels[b].double(), offsets) for b in batches],
     )
 
