@@ -515,6 +515,7 @@ def summary_cells(row: Mapping[str, Any]) -> list[str]:
 def summary_markdown(summary: Mapping[str, Any], title: str) -> str:
     """The summary as a Markdown section: one table row per grid entry, then the failures."""
     split = {row["metrics_split"] for row in summary["groups"]} - {None}
+    monitor = "/".join(sorted({row["config"].get("monitor", "auc") for row in summary["groups"]}))
     lines = [
         f"### {title}",
         "",
@@ -525,7 +526,7 @@ def summary_markdown(summary: Mapping[str, Any], title: str) -> str:
     lines += [
         "",
         f"Mean ± sample std over seeds. AUC and logloss on the {'/'.join(sorted(split)) or '?'} split (best epoch by"
-        " validation AUC); RankMe of Z = flat embeddings of the fixed validation batch; Δ against the base run"
+        f" the validation {monitor.replace('auc', 'AUC')}); RankMe of Z = flat embeddings of the fixed validation batch; Δ against the base run"
         " (no DNN) of the same backbone and seed.",
     ]
     lines += [f"- failed: {f['name']}: {f['error']}" for f in summary["failed"]]
