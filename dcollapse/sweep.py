@@ -526,8 +526,8 @@ def summary_markdown(summary: Mapping[str, Any], title: str) -> str:
     lines += [
         "",
         f"Mean ± sample std over seeds. AUC and logloss on the {'/'.join(sorted(split)) or '?'} split (best epoch by"
-        f" the validation {monitor.replace('auc', 'AUC')}); RankMe of Z = flat embeddings of the fixed validation batch; Δ against the base run"
-        " (no DNN) of the same backbone and seed.",
+        f" the validation {monitor.replace('auc', 'AUC')}); RankMe of Z = flat embeddings of the fixed validation"
+        " batch; Δ against the base run (no DNN) of the same backbone and seed.",
     ]
     lines += [f"- failed: {f['name']}: {f['error']}" for f in summary["failed"]]
     claims = summary.get("claims") or []
