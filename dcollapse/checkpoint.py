@@ -25,6 +25,36 @@ VERSION = 1
 REQUIRED = ("config", "meta", "state_dict", "history")
 
 
+def ctr_run(
+    config: dict[str, Any],
+    meta: dict[str, Any],
+    weights: dict[str, torch.Tensor],
+    history: list[dict[str, Any]],
+    data_dir: str | Path,
+    best_epoch: int,
+    test: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """What a ``dcollapse train`` checkpoint holds besides its resume state: the best epoch's ``weights``, the
+    per-epoch ``history``, the full config, the dataset's meta.json and where it was read from, the test metrics."""
+    return {
+        "config": config,
+        "meta": meta,
+        "state_dict": weights,
+        "history": history,
+        "data": {"path": str(data_dir), "hash": meta.get("input_hash")},
+        "test": test,
+        "best_epoch": best_epoch,
+        "kind": "ctr",
+    }
+
+
+def with_resume(run: dict[str, Any], weights: dict[str, torch.Tensor], optimizer: dict[str, Any],
+                progress: dict[str, Any], **options: Any) -> dict[str, Any]:  # fmt: skip
+    """``run`` (:func:`ctr_run`) plus the state ``--resume`` continues from: the last epoch's ``weights``, the
+    optimizer state, the progress counters and the run ``options`` a resume keeps (save_every_epoch, ...)."""
+    return run | {"resume": {"state_dict": weights, "optimizer": optimizer, "progress": progress, **options}}
+
+
 def save(path: str | Path, checkpoint: dict[str, Any]) -> None:
     """Write ``checkpoint`` (format and version added) to ``path`` atomically."""
     payload = {"format": FORMAT, "version": VERSION, **checkpoint}

@@ -322,29 +322,14 @@ def train(
     if config["compile"]:  # the training steps only: evaluation and snapshots run the model as it is
         trainer = torch.compile(trainer)
 
-    def make_checkpoint(test: dict[str, float] | None = None) -> dict[str, Any]:
-        return run_checkpoint(test) | {
-            "resume": {
-                "state_dict": cpu_state(model),
-                "optimizer": optimizer.state_dict(),
-                "progress": vars(progress).copy(),
-                "save_every_epoch": save_every_epoch,  # kept by a resume of this run
-                "tensorboard": str(tensorboard) if tensorboard else None,
-            }
-        }
-
     def run_checkpoint(test: dict[str, float] | None = None) -> dict[str, Any]:
-        """The checkpoint without the state to resume from (best weights, history, config)."""
-        return {
-            "config": config,
-            "meta": meta,
-            "state_dict": best_state,
-            "history": history,
-            "data": {"path": str(data_dir), "hash": meta.get("input_hash")},
-            "test": test,
-            "best_epoch": progress.best_epoch,
-            "kind": "ctr",
-        }
+        return checkpoint.ctr_run(config, meta, best_state, history, data_dir, progress.best_epoch, test)
+
+    def make_checkpoint(test: dict[str, float] | None = None) -> dict[str, Any]:
+        tensorboard_dir = str(tensorboard) if tensorboard else None  # kept by a resume of this run, as is
+        return checkpoint.with_resume(run_checkpoint(test), cpu_state(model), optimizer.state_dict(),
+                                      vars(progress).copy(), save_every_epoch=save_every_epoch,
+                                      tensorboard=tensorboard_dir)  # fmt: skip
 
     guard = LossGuard()
     fields = [f["name"] for f in meta["fields"]]
