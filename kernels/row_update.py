@@ -73,21 +73,22 @@ class RowOptimizer:
         w = self.table.index_select(0, rows).to(self.compute_dtype)
         g = grad.to(w.dtype) + self.weight_decay * w if self.weight_decay else grad.to(w.dtype)
         if self.rule == "sgd":
-            w -= step * g
+            w.add_(g, alpha=-step)
         elif self.rule in ("adagrad", "rowwise_adagrad"):
             (s,) = self.state
-            s_rows = s.index_select(0, rows) + (g * g if self.rule == "adagrad" else (g * g).mean(1))
+            s_rows = s.index_select(0, rows)
+            s_rows.addcmul_(g, g) if self.rule == "adagrad" else s_rows.add_((g * g).mean(1))
             s.index_copy_(0, rows, s_rows)
-            denom = s_rows.sqrt() + self.eps
-            w -= step * g / (denom if self.rule == "adagrad" else denom[:, None])
+            denom = s_rows.sqrt().add_(self.eps)
+            w.addcdiv_(g, denom if self.rule == "adagrad" else denom[:, None], value=-step)
         else:
             m, v = self.state
             b1, b2 = self.betas
-            m_rows = b1 * m.index_select(0, rows) + (1 - b1) * g
-            v_rows = b2 * v.index_select(0, rows) + (1 - b2) * g * g
+            m_rows = m.index_select(0, rows).mul_(b1).add_(g, alpha=1 - b1)
+            v_rows = v.index_select(0, rows).mul_(b2).addcmul_(g, g, value=1 - b2)
             m.index_copy_(0, rows, m_rows)
             v.index_copy_(0, rows, v_rows)
-            w -= step * m_rows / (v_rows.sqrt() + self.eps)
+            w.addcdiv_(m_rows, v_rows.sqrt().add_(self.eps), value=-step)
         self.table.index_copy_(0, rows, w.to(self.table.dtype))
 
     def state_dict(self) -> dict[str, Any]:
