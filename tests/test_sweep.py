@@ -78,15 +78,15 @@ def test_grid_file_errors(tmp_path):
 def test_sweep_resumes_isolates_failures_and_writes_summary(data_dir, grid_file, tmp_path, monkeypatch):
     runs = tmp_path / "runs"
     cli = CliRunner()
-    real_train = sweep.train
+    real_train = sweep.runner.train
 
     def failing_train(data, config, out, **kwargs):
         if config["arch"] == "parallel" and config["seed"] == 1:
             raise RuntimeError("boom\nsecond line")
         return real_train(data, config, out, **kwargs)
 
-    monkeypatch.setattr(sweep, "train", failing_train)
-    monkeypatch.setattr(sweep, "run_flags", lambda ok: {r["name"]: [] for r in ok})  # 2-epoch runs get flagged
+    monkeypatch.setattr(sweep.runner, "train", failing_train)
+    monkeypatch.setattr(sweep.summary, "run_flags", lambda ok: {r["name"]: [] for r in ok})  # 2-epoch runs get flagged
     args = ["sweep", str(data_dir), "--grid", str(grid_file), "--seeds", "2", "--out", str(runs), "--threads", "1"]
     first = cli.invoke(app, args)
     assert first.exit_code == 1, first.output  # one run failed: the sweep finished the others, then exit 1
@@ -106,7 +106,7 @@ def test_sweep_resumes_isolates_failures_and_writes_summary(data_dir, grid_file,
         calls.append(out.name)
         return real_train(data, config, out, **kwargs)
 
-    monkeypatch.setattr(sweep, "train", counting_train)
+    monkeypatch.setattr(sweep.runner, "train", counting_train)
     second = cli.invoke(app, [*args, "--json"])
     assert second.exit_code == 0, second.output
     assert calls == ["fm-parallel-s1.pt"]
@@ -151,13 +151,13 @@ def test_interrupted_run_resumes_from_its_checkpoint(data_dir, grid_file, tmp_pa
     assert not (tmp_path / "cut" / "fm-parallel-s0.json").exists()
 
     resumed_from = []
-    real_train = sweep.train
+    real_train = sweep.runner.train
 
     def recording_train(data, config, out, **kwargs):
         resumed_from.append(len(kwargs["resume"]["history"]) if kwargs["resume"] else 0)
         return real_train(data, config, out, **kwargs)
 
-    monkeypatch.setattr(sweep, "train", recording_train)
+    monkeypatch.setattr(sweep.runner, "train", recording_train)
     (resumed,) = sweep.run_sweep(data_dir, specs, tmp_path / "cut")
     (straight,) = sweep.run_sweep(data_dir, specs, tmp_path / "straight")
     assert resumed_from == [1, 0]
