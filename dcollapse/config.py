@@ -160,12 +160,6 @@ class TrainConfig:
     )
     fused_update: bool = option(
         False,
-        "Update the embedding rows each batch reads inside the backward (no table gradient; exact for sgd and "
-        "adagrad, lazy Adam for adam). One process, no --compile. Default: off.",
-        SPEED,
-    )
-    fused_update: bool = option(
-        False,
         "Update the embedding tables inside the backward, only the rows each batch reads, with no table gradient "
         "(exact for sgd and adagrad, lazy Adam with adam, like --sparse-emb). Not with --sparse-emb, --compile or "
         "--nproc. Default: off.",
@@ -224,8 +218,8 @@ class Options(dict[str, Any]):
     the key (``--emb-dim``, ``run.toml:3: emb-dim``) for messages. A plain dict works wherever Options do; its keys
     are then named as they are."""
 
-    def __init__(self, values: Mapping[str, Any] = (), names: Mapping[str, str] | None = None) -> None:
-        super().__init__(values)
+    def __init__(self, values: Mapping[str, Any] | None = None, names: Mapping[str, str] | None = None) -> None:
+        super().__init__(values or {})
         self.names = {key: (names or {}).get(key, key) for key in self}
 
     def name(self, key: str) -> str:
@@ -400,7 +394,8 @@ def toml_options(path: Path, table: Mapping[str, Any], where: tuple[str, ...] = 
         lines = toml_key_lines(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError):  # read once already by read_toml; a line number is only a help
         lines = {}
-    values, names = {}, {}
+    values: dict[str, Any] = {}
+    names: dict[str, str] = {}
     for written, value in table.items():
         key = written.replace("-", "_")
         if key in values:

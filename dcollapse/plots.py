@@ -205,7 +205,7 @@ def richness_spectrum(
     fig = Figure(figsize=(8.5, 4.5), layout="constrained")
     ax = fig.subplots()
     k = np.arange(1, len(quality) + 1)
-    lines = {
+    lines: dict[str, Sequence[float] | np.ndarray] = {
         "labels captured, Q(k)": quality,
         "logit captured, U(k)": utilisation,
         "feature variance captured": np.cumsum(np.asarray(relative_eigenvalues, dtype=np.float64)),

@@ -21,7 +21,7 @@ columns straight into ``pl.Categorical``); the caller falls back to :func:`read`
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -473,17 +473,17 @@ def criteo_native(path: Path, categories: Mapping[str, pl.Categories]) -> pl.Laz
     checks the byte counts (:func:`criteo_bytes_ok`) and uses :func:`read` for any file that fails either.
     """
     label = pl.col("__label")
-    schema = {
-        "__label": pl.String,
-        **dict.fromkeys(CRITEO_NUMERIC, pl.Float64),
+    schema: dict[str, pl.DataType] = {
+        "__label": pl.String(),
+        **dict.fromkeys(CRITEO_NUMERIC, pl.Float64()),
         **{c: pl.Categorical(categories[c]) for c in CRITEO_CATEGORICAL},
     }
     lf = pl.scan_csv(
         path, separator="\t", has_header=False, schema=schema, quote_char=None, row_index_name=LINE, row_index_offset=1
     )
     bad = pl.when(label.is_in(["0", "1"]).fill_null(False).not_()).then(pl.lit(0, dtype=pl.Int16)).alias(BAD)
-    columns = [label.cast(pl.Int8, strict=False).alias(LABEL), *CRITEO_NUMERIC, *CRITEO_CATEGORICAL]
-    return lf.select(pl.col(LINE).cast(pl.UInt64), bad, *columns)
+    label_out = label.cast(pl.Int8, strict=False).alias(LABEL)
+    return lf.select(pl.col(LINE).cast(pl.UInt64), bad, label_out, *CRITEO_NUMERIC, *CRITEO_CATEGORICAL)
 
 
 def criteo_bytes_ok(counts: Mapping[bytes, int], lines: int, rows: int) -> bool:
@@ -516,7 +516,7 @@ def _avazu(paths: list[Path], opts: dict[str, Any]) -> Source:
         hh = hour.str.slice(6, 2).cast(pl.Int32, strict=False)
         hour_ok = (hour.str.len_chars() == 8) & date.is_not_null() & hh.is_between(0, 23)
         hour_check = (~hour_ok, pl.format("hour: expected YYMMDDHH, got '{}'", hour))
-        columns_out = [
+        columns_out: list[pl.Expr | str] = [
             label,
             hh.cast(pl.String).alias("hour_of_day"),
             date.dt.weekday().cast(pl.String).alias("weekday"),
@@ -546,7 +546,7 @@ def _table_source(
     label_col: str,
     columns: list[Column],
     sample: pl.DataFrame,
-    parsed: list[tuple[pl.LazyFrame, Check | None]],
+    parsed: Sequence[tuple[pl.LazyFrame, Check | None]],
     notes: list[str],
 ) -> Source:
     """The csv/parquet :class:`Source`: per file its String columns (and column-count check), read per ``columns``."""
@@ -690,7 +690,7 @@ def _movielens(folder: Path) -> Source:
     first_genre = pl.coalesce([pl.when(pl.col(g) == "1").then(pl.lit(str(k))) for k, g in enumerate(genre_cols)])
     items = items.select("item", first_genre.alias("genre"), pl.col("release").str.slice(-4, 4).alias("release_year"))
     age = pl.col("age").cast(pl.Int32, strict=False)
-    age_bucket = pl.when(age.is_not_null()).then(pl.lit("56+"))
+    age_bucket: pl.Expr = pl.when(age.is_not_null()).then(pl.lit("56+"))
     for upper, name in [(56, "50-55"), (50, "45-49"), (45, "35-44"), (35, "25-34"), (25, "18-24"), (18, "<18")]:
         age_bucket = pl.when(age < upper).then(pl.lit(name)).otherwise(age_bucket)
     users = users.select("user", age_bucket.alias("age"), "gender", "occupation", pl.col("zip").str.slice(0, 2))

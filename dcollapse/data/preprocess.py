@@ -92,6 +92,7 @@ def preprocess(
         if separator is not None and opts.separator == ",":
             opts.separator = separator
         notes.append(f"format: {opts.format} (from {why}; --format sets it)")
+    assert opts.format is not None  # from --apply's dataset, --format or guessed above
     source = formats.read(opts.format, paths, asdict(opts) | read_as)
     notes += source.notes
     names = [name for name, _ in source.fields]
@@ -228,22 +229,26 @@ def _parse(rows: pl.LazyFrame, rows_file: Path) -> tuple[pl.DataFrame, pl.DataFr
     # Scratch file, read back a few times: lz4 and no statistics (zstd and statistics cost CPU for no gain here).
     rows.sink_parquet(rows_file, compression="lz4", statistics=False, row_group_size=65536, engine="streaming")
     frame = pl.scan_parquet(rows_file)
-    return tuple(
-        pl.collect_all(
-            [
-                frame.group_by(FILE).agg(pl.len().alias("rows")),
-                frame.filter(pl.col(BAD).is_not_null()).select(
-                    pl.len().alias("bad"), pl.col(FILE).first(), pl.col(LINE).first(), pl.col(BAD).first()
-                ),
-            ],
-            engine="streaming",
-        )
+    per_file, bad = pl.collect_all(
+        [
+            frame.group_by(FILE).agg(pl.len().alias("rows")),
+            frame.filter(pl.col(BAD).is_not_null()).select(
+                pl.len().alias("bad"), pl.col(FILE).first(), pl.col(LINE).first(), pl.col(BAD).first()
+            ),
+        ],
+        engine="streaming",
     )
+    return per_file, bad
 
 
 def _validated(options: Options) -> Options:
-    lists = ("categorical", "numeric", "drop", "columns")
-    opts = replace(options, **{k: _comma_list(getattr(options, k)) for k in lists})
+    opts = replace(
+        options,
+        categorical=_comma_list(options.categorical),
+        numeric=_comma_list(options.numeric),
+        drop=_comma_list(options.drop),
+        columns=_comma_list(options.columns),
+    )
     if opts.apply is None and opts.format is not None and opts.format not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)} (got {opts.format!r})")
     if opts.bad_rows not in ("error", "skip"):

@@ -28,8 +28,8 @@ def polars_job(job: Callable[[], Any], files: list[Path], writing: Path | None =
             raise UserError(f"{writing}: cannot write ({formats.first_line(exc)})") from None
         if culprit is not None and culprit.suffix != ".parquet" and (where := bad_utf8(culprit)):
             raise UserError(f"{culprit}, {where}") from None
-        culprit = culprit or (files[0] if files else "input")
-        raise UserError(f"{culprit}: cannot read ({formats.first_line(exc)})") from None
+        named = culprit or (files[0] if files else "input")
+        raise UserError(f"{named}: cannot read ({formats.first_line(exc)})") from None
 
 
 def bad_utf8(path: Path, block_size: int = 1 << 24) -> str | None:
