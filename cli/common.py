@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import math
 import os
 import sys
 import warnings
@@ -93,18 +92,6 @@ def os_error_line(exc: OSError) -> str:
         return reason
     where = str(exc.filename) if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
     return f"{where}: {reason}"
-
-
-def finite_float(text: str) -> float:
-    """A Typer ``parser`` for a float option that must be a finite number: ``typer.Option(..., parser=finite_float)``.
-    ``nan``, ``inf`` or a non-number is a usage error (exit 2) naming the option."""
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        raise typer.BadParameter(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise typer.BadParameter(f"expected a finite number, got {text!r}")
-    return value
 
 
 def print_json(document: Any) -> None:

@@ -80,7 +80,8 @@ def render_spectrum(doc: dict[str, Any]) -> None:
     if batch is None:
         out.print(Text(f"batch metrics skipped: {doc['dataset']['skipped']}", style="yellow"), soft_wrap=True)
     else:
-        title = f"Batch matrix Z: {batch['rows']:,} {batch['split']} rows x {batch['dim']} (F*d), seed {batch['seed']}"
+        rows = f"{batch['rows']:,} {escape(batch['split'])} rows"
+        title = f"Batch matrix Z: {rows} x {batch['dim']} (F*d), seed {batch['seed']}"
         table = report_table(title, ["matrix", "RankMe", "IA", "stable rank", ">1e-3"], bar=True)
         for label, key in BATCH_ROWS:
             st = batch[key]
@@ -108,7 +109,8 @@ def render_spectrum(doc: dict[str, Any]) -> None:
 
 def render_tables_list(doc: dict[str, Any]) -> None:
     """``--list-tables``: every tensor the reader saw, and whether it was chosen as an embedding table."""
-    table = report_table(f"Tensors in {doc['path'] or 'the object'} ({doc['reader']}, layout {doc['layout']})",
+    where = escape(str(doc["path"] or "the object"))
+    table = report_table(f"Tensors in {where} ({doc['reader']}, layout {doc['layout']})",
                          ["key", "shape", "dtype", "chosen", "why"], left=5)  # fmt: skip
     for c in doc["candidates"]:
         cells = [Text(c["key"]), "x".join(map(str, c["shape"])), c["dtype"], "yes" if c["chosen"] else "no"]
@@ -173,7 +175,8 @@ def render_compare(doc: dict[str, Any]) -> None:
 
 def render_gradients(doc: dict[str, Any]) -> None:
     print_header(doc)
-    title = f"Gradient of the loss w.r.t. the embeddings: {doc['rows']:,} {doc['split']} rows x {doc['dim']} (F*d)"
+    rows = f"{doc['rows']:,} {escape(doc['split'])} rows"
+    title = f"Gradient of the loss w.r.t. the embeddings: {rows} x {doc['dim']} (F*d)"
     table = report_table(title, ["matrix", "‖g‖ / ‖total‖", "RankMe", "IA", "stable rank", ">1e-3"], bar=True)
     labels = {"total": "dL/dE", "interaction": " via interaction", "dnn": " via DNN"}
     for key, label in labels.items():
@@ -259,7 +262,7 @@ def spectrum(
         return
     run = reports.load_run(checkpoint_path, data, field_dims=dims, field_map=field_map, tables=tables, device=device)
     warn(run.warnings)
-    with err.status(f"spectra of {checkpoint_path}"):
+    with err.status(f"spectra of {escape(str(checkpoint_path))}"):
         report = reports.spectrum_report(run, split=split, batch=batch, seed=seed, gates=gates)
         if plot is not None:
             report.plot(plot)

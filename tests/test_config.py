@@ -251,6 +251,7 @@ def test_cli_command_line_wins_over_the_config_file(tiny, tmp_path, no_training)
     assert (seen["model"], seen["arch"], seen["emb_dim"], seen["dnn"]) == ("fm", "stacked", 4, [32])
 
 
+@pytest.mark.slow
 def test_cli_model_zoo_alias_trains_that_model(tiny, tmp_path):
     out = tmp_path / "nfm.pt"
     args = ["train", str(tiny), "--model", "nfm", "--dnn", "8", "--emb-dim", "4", "--epochs", "1", "--out", str(out)]
@@ -331,6 +332,7 @@ def toml_value(value) -> str:
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(options=st.dictionaries(KEYS, VALUES, min_size=1, max_size=4))
+@pytest.mark.slow
 def test_fuzz_toml_configs_exit_0_or_2_with_one_line(tiny, tmp_path, no_training, options):
     path = tmp_path / "fuzz.toml"
     path.write_text("".join(f"{json.dumps(key)} = {toml_value(value)}\n" for key, value in options.items()))

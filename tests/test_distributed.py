@@ -50,6 +50,7 @@ def assert_same_run(a: dict, b: dict) -> None:
     assert a["best_epoch"] == b["best_epoch"]
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_train_the_one_process_run(data, one_process, tmp_path):
     out = tmp_path / "run.pt"
     result = runner.invoke(app, ["train", str(data), "--out", str(out), *FLAGS, "--nproc", "2"])
@@ -61,6 +62,7 @@ def test_two_gloo_ranks_train_the_one_process_run(data, one_process, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.pt"]  # rank 0 alone wrote, no temp files left
 
 
+@pytest.mark.slow
 def test_failing_rank_stops_the_run_keeps_the_last_checkpoint_and_resumes_on_one_process(data, one_process, tmp_path):
     out = tmp_path / "run.pt"
     script = Path(__file__).with_name("_failing_rank.py")

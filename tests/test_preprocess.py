@@ -583,6 +583,7 @@ ODD_TOKENS = ["", "a", " a ", "é✓", '"q"', "NaN", "0", "x" * 300]
         max_size=30,
     )
 )
+@pytest.mark.slow
 def test_native_and_line_reader_agree_on_odd_valid_values(tmp_path_factory, rows):
     tmp_path = tmp_path_factory.mktemp("odd")
     src = write_lines(tmp_path / "t.txt", [criteo_row(*row) for row in rows])

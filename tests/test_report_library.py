@@ -175,6 +175,7 @@ def test_history_snapshot_batch_is_the_reports_batch(tmp_path):
     assert dcollapse.rankme(z) != pytest.approx(dcollapse.rankme(other), rel=1e-6)  # the rows matter
 
 
+@pytest.mark.slow
 def test_api_doc_example_runs(trained, tmp_path, monkeypatch):
     """Every ```python block of docs/api.md runs (with its paths pointing at freshly trained files)."""
     doc = Path(__file__).resolve().parents[1] / "docs" / "api.md"
@@ -188,6 +189,7 @@ def test_api_doc_example_runs(trained, tmp_path, monkeypatch):
         exec(compile(block, str(doc), "exec"), {})
 
 
+@pytest.mark.slow
 def test_a_dataset_made_with_apply_is_not_warned_about_its_input_hash(tmp_path):
     """`preprocess --apply` makes new rows with the training dataset's vocabularies: no hash warning for it, one
     for a dataset whose vocabularies were counted on other input."""

@@ -108,6 +108,7 @@ def _last_layer_d_lr(net: torch.nn.Sequential, x: torch.Tensor) -> float:
         return d_lr(features, features @ net[-1].weight.T, centered=True)
 
 
+@pytest.mark.slow
 def test_lazy_training_leaves_d_lr_high_and_rich_training_lowers_it():
     """Spec B.3.1 on scikit-learn's digits, 2 hidden ReLU layers of width 128: standard training (rich) vs the
     output-scaled alpha = 100 model f = alpha (net - net_init) (lazy), both to ~100% train accuracy."""

@@ -75,6 +75,7 @@ def test_grid_file_errors(tmp_path):
         sweep.load_grid("papers")
 
 
+@pytest.mark.slow
 def test_sweep_resumes_isolates_failures_and_writes_summary(data_dir, grid_file, tmp_path, monkeypatch):
     runs = tmp_path / "runs"
     cli = CliRunner()

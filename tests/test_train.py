@@ -41,6 +41,7 @@ def assert_same_weights(a: dict, b: dict) -> None:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_fm_and_deepfm_reach_bayes_auc_on_planted_pairwise_data(tmp_path):
     kw = {"vocab_sizes": [8] * 5, "rank": 2, "first_order_scale": 0.5, "pairwise_scale": 2.0, "zipf": 0.5}
     probs = write_ctr_dataset(tmp_path / "d", 30_000, 5, 3, **kw)
@@ -413,6 +414,7 @@ def test_out_that_is_a_directory_is_refused_before_training(tiny, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_compiled_training_steps_give_the_eager_run(tiny, tmp_path):
     """--compile changes how the steps run (Inductor's fused loops), not what they compute."""
     config = {"model": "fm", "arch": "parallel", "dnn": [8], "emb_dim": 4, "epochs": 2, "patience": 0,
