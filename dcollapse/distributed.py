@@ -25,6 +25,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -176,9 +177,12 @@ def launch(nproc: int, command: list[str]) -> None:
 def root_cause(failures: dict[int, ProcessFailure]) -> tuple[int, ProcessFailure]:
     """The failure that stopped the run: the earliest a rank recorded (see :func:`record_failure`), else the
     earliest. A rank that lost its peers fails after them, and records nothing when torch says so (DistError)."""
-    recorded = {rank: f for rank, f in failures.items() if isinstance(f.message, dict)}
+    # torch types ProcessFailure.message as str; it is the rank's error file (a dict) when the rank recorded one
+    messages: dict[int, Any] = {rank: f.message for rank, f in failures.items()}
+    recorded = [(int(m["extraInfo"].get("time_ns", 0)), rank) for rank, m in messages.items() if isinstance(m, dict)]
     if recorded:
-        return min(recorded.items(), key=lambda item: (int(item[1].message["extraInfo"].get("time_ns", 0)), item[0]))
+        rank = min(recorded)[1]
+        return rank, failures[rank]
     return min(failures.items(), key=lambda item: (item[1].timestamp, item[0]))
 
 

@@ -21,7 +21,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
@@ -29,6 +29,9 @@ from torch import nn
 from dcollapse.errors import UserError
 from dcollapse.metrics.collapse import batch_matrix, field_spectra
 from dcollapse.metrics.spectrum import singular_values
+
+if TYPE_CHECKING:
+    from dcollapse.models.model import CTRModel
 
 TENSORBOARD_HOWTO = "pip install 'dcollapse[tensorboard]'"
 SPECTRUM_FLOOR = 1e-12  # log10(s_i / s_1) of an exactly zero singular value is shown as -12
@@ -214,7 +217,7 @@ class TrainingBoard:
         self.field_names = list(field_names)
 
     @torch.no_grad()
-    def log_epoch(self, entry: dict[str, Any], model: nn.Module, batch_ids: torch.Tensor) -> None:
+    def log_epoch(self, entry: dict[str, Any], model: CTRModel, batch_ids: torch.Tensor) -> None:
         """Write one history ``entry`` (see ``dcollapse.train``) at step = its epoch; ``batch_ids`` [B, F]."""
         epoch = int(entry["epoch"])
         values = {

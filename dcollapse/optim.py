@@ -5,7 +5,7 @@ learning-rate decay of the paper's recipe. :func:`make_optimizer` builds the one
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -20,7 +20,20 @@ SPARSE_OPTIMIZERS = {"adam": torch.optim.SparseAdam, "adagrad": torch.optim.Adag
 MIN_LR = 1e-6  # lr_decay never goes below this (FuxiCTR's lr_decay min_lr)
 
 
-def make_optimizer(model: CTRModel, config: dict[str, Any]) -> torch.optim.Optimizer | SparseTableOptimizer:
+class TrainOptimizer(Protocol):
+    """What training calls on an optimizer: a ``torch.optim.Optimizer``, or :class:`SparseTableOptimizer`,
+    :class:`~dcollapse.models.embedding.FusedTableOptimizer` or :class:`ClipGradients`, which have these methods."""
+
+    def zero_grad(self, set_to_none: bool = True) -> None: ...
+
+    def step(self) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any], /) -> None: ...
+
+
+def make_optimizer(model: CTRModel, config: dict[str, Any]) -> TrainOptimizer:
     """The optimizer; ``l2_emb`` is an L2 penalty (l2_emb / 2) * ||table||^2 on the embedding tables only.
 
     With ``sparse_emb`` the model's tables are switched to sparse gradients (``CTRModel.sparse_gradients``) and
@@ -67,7 +80,7 @@ class ClipGradients:
     """``inner`` (an optimizer) that first clips the gradient norm of ``params`` to ``max_norm`` at every step, as
     FuxiCTR's train_step does between backward and step (``torch.nn.utils.clip_grad_norm_``, all parameters)."""
 
-    def __init__(self, inner: Any, params: Iterable[torch.nn.Parameter], max_norm: float) -> None:
+    def __init__(self, inner: TrainOptimizer, params: Iterable[torch.nn.Parameter], max_norm: float) -> None:
         self.inner, self.params, self.max_norm = inner, [p for p in params if p.requires_grad], max_norm
 
     def zero_grad(self, set_to_none: bool = True) -> None:

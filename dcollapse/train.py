@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import polars as pl
 import torch
@@ -36,7 +36,7 @@ from dcollapse.errors import UserError
 from dcollapse.evaluation import collapse_snapshot, evaluate, snapshot_rows
 from dcollapse.models import CTRModel, build_model
 from dcollapse.monitor import TrainingBoard
-from dcollapse.optim import ClipGradients, decay_lr, make_optimizer
+from dcollapse.optim import ClipGradients, TrainOptimizer, decay_lr, make_optimizer
 
 
 def default_threads(processes: int = 1) -> int:
@@ -111,8 +111,9 @@ def check_world(config: dict[str, Any], world: int) -> None:
         )
 
 
-def train_step(model: CTRModel, optimizer: torch.optim.Optimizer, ids: torch.Tensor, labels: torch.Tensor) -> float:
-    """One optimizer step on a batch (ids int [B, F], labels float [B]); returns the mean BCE loss."""
+def train_step(model: torch.nn.Module, optimizer: TrainOptimizer, ids: torch.Tensor, labels: torch.Tensor) -> float:
+    """One optimizer step on a batch (ids int [B, F], labels float [B]); returns the mean BCE loss. ``model`` is a
+    :class:`CTRModel` or what :meth:`SingleProcess.wrap` and ``torch.compile`` made of it (logits [B])."""
     optimizer.zero_grad(set_to_none=True)
     loss = functional.binary_cross_entropy_with_logits(model(ids), labels)
     loss.backward()
@@ -181,8 +182,8 @@ ONE_PROCESS = SingleProcess()
 
 
 def train_epoch(
-    model: CTRModel,
-    optimizer: torch.optim.Optimizer,
+    model: torch.nn.Module,
+    optimizer: TrainOptimizer,
     chunks: Iterable[Split],
     batch_size: int,
     generator: torch.Generator,
@@ -320,7 +321,8 @@ def train(
         history, best_state = list(resume["history"]), resume["state_dict"]
     trainer = parallel.wrap(model)
     if config["compile"]:  # the training steps only: evaluation and snapshots run the model as it is
-        trainer = torch.compile(trainer)
+        # torch's stubs type the result as a plain callable; compiling a Module gives an OptimizedModule (a Module)
+        trainer = cast(torch.nn.Module, torch.compile(trainer))
 
     def run_checkpoint(test: dict[str, float] | None = None) -> dict[str, Any]:
         return checkpoint.ctr_run(config, meta, best_state, history, data_dir, progress.best_epoch, test)

@@ -42,10 +42,11 @@ def field_inputs(model: CTRModel, ids: torch.Tensor) -> FieldInputs:
     """Per-sample field inputs of a CTR model for local ids int [S, F]: embeddings [S, F, d], first order [S, F]."""
     with torch.no_grad():
         emb = model.embed(ids)
-        if getattr(model, "first_order", None) is None:
+        first_order = getattr(model, "first_order", None)
+        if first_order is None:
             first = emb.new_zeros(emb.shape[:2])
         else:
-            first = lookup(model.first_order, ids, model.embedding.offsets)[..., 0]
+            first = lookup(first_order, ids, model.embedding.offsets)[..., 0]
     return FieldInputs(emb, first)
 
 

@@ -67,7 +67,7 @@ def learning_curve(
         net, grammar = load_model(ckpt)
         meta = ckpt["meta"]
         sens = measure(net, grammar, meta["encoding"], meta["whitening"], sensitivity_samples, seed=config.seed + 1)
-        last = ckpt["history"][-1] if ckpt["history"] else {"epoch": 0, "train_loss": math.nan}
+        last: dict[str, Any] = ckpt["history"][-1] if ckpt["history"] else {"epoch": 0, "train_loss": math.nan}
         point = CurvePoint(size, last["epoch"], ckpt["stopped"], last["train_loss"], ckpt["test"]["error"], sens)
         points.append(point)
         if on_point is not None:

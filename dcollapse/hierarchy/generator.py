@@ -237,7 +237,8 @@ def parse(grammar: Grammar, symbols: np.ndarray) -> Parse:
     arr_index = np.full(S**s, -1, dtype=np.int64)
     arr_index[grammar.arrangements @ (S ** np.arange(s - 1, -1, -1))] = np.arange(len(grammar.arrangements))
     powers = v ** np.arange(s - 1, -1, -1)
-    valid = ((symbols >= 0) & (symbols <= empty)).all(axis=1)
+    # bool [N]; asarray because numpy's stubs type .all(axis=1) as possibly a scalar
+    valid = np.asarray(((symbols >= 0) & (symbols <= empty)).all(axis=1))
     seq = np.where(valid[:, None], symbols, empty)
     rules: list[np.ndarray] = [np.empty(0)] * grammar.L
     arrs: list[np.ndarray] = [np.empty(0)] * grammar.L

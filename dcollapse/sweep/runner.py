@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -162,11 +163,12 @@ def run_sweep(
     runs_dir.mkdir(parents=True, exist_ok=True)
     finished = {spec.name: read_result(runs_dir, spec) for spec in specs}
     for spec in specs:
-        if finished[spec.name] is not None and finished[spec.name]["dataset"]["hash"] != data_hash:
+        done = finished[spec.name]
+        if done is not None and done["dataset"]["hash"] != data_hash:
             raise UserError(f"{result_path(runs_dir, spec)}: trained on another dataset; use another --out")
     resumes = {spec.name: resume_state(runs_dir, spec) for spec in specs if finished[spec.name] is None}
     ids = fixed_batch_ids(data_dir)
-    emit = on_event or (lambda kind, spec, result: None)
+    emit: Event = on_event or (lambda kind, spec, result: None)
     results = []
     for spec in specs:
         result = finished[spec.name]
@@ -182,7 +184,7 @@ def run_sweep(
                 spec.config,
                 checkpoint_path(runs_dir, spec),
                 resume=resumes[spec.name],
-                on_epoch=None if on_epoch is None else lambda entry, spec=spec: on_epoch(spec, entry),
+                on_epoch=None if on_epoch is None else partial(on_epoch, spec),
             )
             result = run_result(spec, ckpt, ids, time.perf_counter() - start)
             with atomic_path(result_path(runs_dir, spec)) as tmp:

@@ -95,9 +95,9 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
         }
         for metric in METRICS:
             row[metric] = mean_std([r[metric] for r in runs])
-        paired = [(r, base_index(run_key(r), keys)) for r in runs]
-        paired = [(r, ok[i]) for r, i in paired if i is not None]
-        paired = [(r, b) for r, b in paired if b["seed"] == r["seed"] and not excluded(flags[b["name"]])]
+        indexed = [(r, base_index(run_key(r), keys)) for r in runs]
+        with_base = [(r, ok[i]) for r, i in indexed if i is not None]
+        paired = [(r, b) for r, b in with_base if b["seed"] == r["seed"] and not excluded(flags[b["name"]])]
         changes = [r["rankme"] / b["rankme"] - 1.0 for r, b in paired if b["rankme"] > 0]
         row["rankme_change"] = mean_std(changes)
         row["rankme_change_interval"] = t_interval(changes)
