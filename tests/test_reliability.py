@@ -496,24 +496,8 @@ def test_user_text_is_printed_verbatim_never_as_markup(tmp_path):
 
 
 # ------------------------------------------------------------------------------ class 8: NaN gates, finite values
-
-
-@pytest.mark.parametrize("text", ["nan", "NaN", "inf", "-inf", "1e999", "four"])
-def test_finite_float_refuses_nan_inf_and_words(text):
-    with pytest.raises(typer.BadParameter, match=repr(text).replace("+", r"\+")):
-        common.finite_float(text)
-
-
-def test_finite_float_as_an_option_is_a_usage_error_naming_it():
-    probe = typer.Typer()
-
-    @probe.command()
-    def gate(threshold: float = typer.Option(1.0, "--fail-under-ia", parser=common.finite_float)) -> None:
-        typer.echo(f"ok {threshold}")
-
-    assert runner.invoke(probe, ["--fail-under-ia", "2.5"]).stdout.strip() == "ok 2.5"
-    result = runner.invoke(probe, ["--fail-under-ia", "nan"])
-    assert result.exit_code == 2 and "--fail-under-ia" in result.output
+# The report gates refuse a bound that is not a finite number in the library (dcollapse.reports.Gates), for the
+# CLI and Python alike: tests/test_report_library.py::test_gates_refuse_bounds_that_are_not_finite_numbers.
 
 
 # -------------------------------------------------------------------------- class 9: leftovers of killed runs

@@ -154,7 +154,13 @@ def test_metric_functions_on_matrices():
         dcollapse.rankme(np.ones(3))
 
 
-def test_gates_refuse_non_finite_bounds():
+@pytest.mark.parametrize(("option", "value"), [("--fail-under-ia", "nan"), ("--fail-field-ia", "inf"),
+                                               ("--fail-under-rankme", "-inf")])  # fmt: skip
+def test_gates_refuse_bounds_that_are_not_finite_numbers(trained, option, value):
+    """A NaN bound would pass every gate: refused, one line naming the option, exit 2 (before any work)."""
+    result = CliRunner().invoke(app, ["spectrum", str(trained["fm"]), option, value])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and option in lines[0], result.output
     with pytest.raises(UserError, match="--fail-under-ia"):
         dcollapse.reports.Gates(under_ia=float("nan"))
 
