@@ -166,7 +166,8 @@ def resume_problem(resume: Any, weights: dict[str, torch.Tensor]) -> str | None:
         if key not in progress:
             continue
         value = progress[key]
-        if isinstance(value, bool) or not isinstance(value, kind | int) or (kind is int and value < 0):
+        negative = isinstance(value, int) and value < 0
+        if isinstance(value, bool) or not isinstance(value, kind | int) or (kind is int and negative):
             return f"resume.progress.{key} is {value!r}, expected {'an integer >= 0' if kind is int else 'a number'}"
         if kind is float and value != value:
             return f"resume.progress.{key} is NaN"

@@ -271,7 +271,7 @@ def reduce_segments(
             plan.piece_alone, partial, table_arg, dst_arg, *state, d, fields, **rule_args,
             SOURCE=SOURCE_PARTIAL, SPLIT=False, **common, **config,
         )  # fmt: skip
-    if update is not None:  # written in place by a kernel: tell autograd, so a stale saved copy is an error
+    if update is not None and table is not None:  # written in place: tell autograd, a stale saved copy then errs
         torch.autograd.graph.increment_version(table)
 
 

@@ -6,6 +6,8 @@ so ``out_dim`` never depends on k. The math lives in the public ops of :mod:`dco
 
 from __future__ import annotations
 
+import typing
+
 import torch
 from torch import nn
 
@@ -116,7 +118,7 @@ class CrossNet(nn.Module):
         for m, layers in enumerate(self.sets):
             x0 = per_set[:, :, m].reshape(B, self.out_dim)
             x = x0
-            for layer in layers:
+            for layer in typing.cast(nn.ModuleList, layers):
                 x = layer(x0, x)
             outputs.append(x)
         return outputs[0] if self.num_sets == 1 else torch.stack(outputs).mean(dim=0)

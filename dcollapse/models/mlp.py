@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "identity": nn.Identity}
-NORMS = {"none": None, "batch": nn.BatchNorm1d, "layer": nn.LayerNorm}
+NORMS: dict[str, type[nn.Module]] = {"none": nn.Identity, "batch": nn.BatchNorm1d, "layer": nn.LayerNorm}
 
 
 class Block(nn.Module):
@@ -15,7 +15,7 @@ class Block(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, activation: str, norm: str, dropout: float, residual: bool) -> None:
         super().__init__()
         self.linear = nn.Linear(in_dim, out_dim)
-        self.norm = NORMS[norm](out_dim) if NORMS[norm] else nn.Identity()
+        self.norm = NORMS[norm](out_dim)  # nn.Identity ignores the width
         self.activation = ACTIVATIONS[activation]()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.residual = residual and in_dim == out_dim
@@ -62,4 +62,4 @@ class MLP(nn.Module):
 
     def linears(self) -> list[nn.Linear]:
         """The linear layers, input to output."""
-        return [block.linear for block in self.blocks]
+        return [block.linear for block in self.blocks if isinstance(block, Block)]

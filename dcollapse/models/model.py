@@ -90,6 +90,7 @@ class CTRModel(nn.Module):
         self.model, self.arch, self.style = c["model"], c["arch"], c["style"]
         self.embedding = FieldEmbedding(vocab_sizes, int(c["emb_dim"]), int(c["num_sets"]))
         F, d, k = len(vocab_sizes), int(c["emb_dim"]), int(c["num_sets"])
+        self.interaction: BiInteraction | DotInteraction | CrossNet
         if self.model == "fm":
             self.interaction = BiInteraction(F, d, k)
         elif self.model == "dot":
@@ -138,13 +139,16 @@ class CTRModel(nn.Module):
 
     def _compose(self, z: torch.Tensor, E: torch.Tensor | None) -> torch.Tensor:
         """[B, H] from the interaction output z [B, z_dim] and (where the DNN reads it) E [B, F, d_total]."""
-        if self.arch == "none":
+        mlp = self.mlp
+        if self.arch == "none" or mlp is None:
             return z
+        if self.arch == "stacked" and self.model != "dot":
+            return mlp(z)
+        if E is None:
+            raise ValueError(f"the {self.arch} DNN of a {self.model} model reads the embeddings E")
         if self.arch == "parallel":
-            return torch.cat([z, self.mlp(E.flatten(1))], dim=1)
-        if self.model == "dot":
-            return self.mlp(torch.cat([E.flatten(1), z], dim=1))
-        return self.mlp(z)
+            return torch.cat([z, mlp(E.flatten(1))], dim=1)
+        return mlp(torch.cat([E.flatten(1), z], dim=1))
 
     def first_order_logit(self, ids: torch.Tensor) -> torch.Tensor:
         """Textbook FM's first-order term sum_f w[id_f], [B]; zeros when the model has none."""
@@ -168,9 +172,10 @@ class CTRModel(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """Logits [B] from local ids int [B, F]."""
-        if self._fused and not self.embedding.sparse:
+        interaction = self.interaction
+        if self._fused and isinstance(interaction, BiInteraction | DotInteraction) and not self.embedding.sparse:
             table = self.embedding.table
-            z = self.interaction.from_ids(table, ids, self.embedding.offsets, self.embedding.update_for(table))
+            z = interaction.from_ids(table, ids, self.embedding.offsets, self.embedding.update_for(table))
             h = self._compose(z, None)
         else:
             h = self.hidden(self.embed(ids))
