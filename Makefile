@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 DEMO := demo
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test test-fast lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,12 +44,21 @@ demo: install
 	@echo "(each field's table), and read docs/concepts.md for what IA and RankMe mean and when to worry."
 	@echo "The command is $(BIN)/dcollapse: 'source $(BIN)/activate' puts it on your PATH."
 
+# ruff (lint and format) and mypy on the library; `make test` runs the two ruff checks and the whole suite (CI).
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 test: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -n 2
+
+# The inner loop: everything but the tests marked @pytest.mark.slow.
+test-fast: install
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -n 2 -m "not slow"
 
 clean:
 	rm -rf $(VENV) $(DEMO) build *.egg-info

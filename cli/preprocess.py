@@ -79,7 +79,9 @@ def preprocess_command(
     ),
     bad_rows: str = typer.Option("error", "--bad-rows", help="Malformed rows: 'error' (stop) or 'skip' (count them)."),
     field_map: Path | None = typer.Option(
-        None, "--field-map", metavar="FILE",
+        None,
+        "--field-map",
+        metavar="FILE",
         help="libFM: name the fields from a 'field:value<TAB>index' file (e.g. iPinYou's featindex.fm.txt) instead "
         "of f1, f2, ...",
     ),

@@ -218,7 +218,8 @@ def warn(lines: list[str]) -> None:
 @handles_errors
 def spectrum(
     checkpoint_path: Path = typer.Argument(
-        ..., metavar="CHECKPOINT",
+        ...,
+        metavar="CHECKPOINT",
         help="A `dcollapse train` checkpoint, or any model file: .pt/.pth/.bin/.ckpt, safetensors, .npy/.npz, a "
         "torch.distributed.checkpoint directory (docs/any-model.md).",
     ),  # fmt: skip
@@ -319,7 +320,9 @@ def gradients(
     as_json: bool = JsonOpt,
     plot: Path | None = plot_option("the overlaid normalized gradient spectra"),
     mode: str = typer.Option(
-        "train", "--mode", metavar="NAME",
+        "train",
+        "--mode",
+        metavar="NAME",
         help="train (dropout on, batch-norm batch statistics, as the paper's code) | eval (the model as it predicts).",
     ),
 ) -> None:

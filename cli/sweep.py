@@ -25,7 +25,9 @@ def sweep_command(
         ..., metavar="DATA_DIR", help="Preprocessed dataset directory (meta.json + Parquet splits)."
     ),
     grid: str = typer.Option(
-        "paper", "--grid", metavar="NAME|FILE",
+        "paper",
+        "--grid",
+        metavar="NAME|FILE",
         help="paper (FM, CrossNet x none/parallel/stacked) | ablation (DNN parts) | FILE.toml.",
     ),
     runs_dir: Path = typer.Option(
@@ -51,11 +53,16 @@ def sweep_command(
     ),
     device: str | None = typer.Option(None, "--device", metavar="NAME", help="cpu | cuda | auto for every run."),
     threads: int | None = typer.Option(
-        None, "--threads", min=1, metavar="INT",
+        None,
+        "--threads",
+        min=1,
+        metavar="INT",
         help="Torch CPU threads. Default: OMP_NUM_THREADS when set, else the CPUs the load average leaves idle.",
     ),
     recipe: str | None = typer.Option(
-        None, "--recipe", metavar="NAME",
+        None,
+        "--recipe",
+        metavar="NAME",
         help="default | paper: train every run as the paper's code does (see `dcollapse train --help`); with "
         "--grid paper also the paper's L2 and the CrossNet ReLU-DNN entries beside the linear ones.",
     ),

@@ -65,40 +65,64 @@ def train_command(
         None, metavar="DATA_DIR", help="Preprocessed dataset directory (meta.json + Parquet splits)."
     ),
     config_file: Path | None = typer.Option(
-        None, "--config", metavar="FILE", rich_help_panel=config.DATA,
+        None,
+        "--config",
+        metavar="FILE",
+        rich_help_panel=config.DATA,
         help="TOML file of options (keys as the long option names, dashes or underscores): those of the Data, Model, "
         "DNN and Optimisation panels, --snapshot-rows, --track, --device, --sparse-emb, --fused-update, --compile.",
     ),
     out_path: Path | None = typer.Option(
-        None, "--out", "-o", metavar="CHECKPOINT", rich_help_panel=config.CHECKPOINTS,
+        None,
+        "--out",
+        "-o",
+        metavar="CHECKPOINT",
+        rich_help_panel=config.CHECKPOINTS,
         help="Checkpoint to write (default: the --resume file).",
     ),
     resume: Path | None = typer.Option(
-        None, metavar="CHECKPOINT", rich_help_panel=config.CHECKPOINTS,
+        None,
+        metavar="CHECKPOINT",
+        rich_help_panel=config.CHECKPOINTS,
         help="Continue the run saved in this checkpoint, with its options (--epochs, --patience and --device may "
         "change).",
     ),
     save_every_epoch: bool | None = typer.Option(
-        None, "--save-every-epoch/--no-save-every-epoch", metavar="", rich_help_panel=config.CHECKPOINTS,
+        None,
+        "--save-every-epoch/--no-save-every-epoch",
+        metavar="",
+        rich_help_panel=config.CHECKPOINTS,
         help="Also keep OUT.epochN.pt after every epoch. Default: off (on --resume: as the run did).",
     ),
     overwrite: bool = typer.Option(
-        False, "--overwrite", metavar="", rich_help_panel=config.CHECKPOINTS,
+        False,
+        "--overwrite",
+        metavar="",
+        rich_help_panel=config.CHECKPOINTS,
         help="Replace an existing --out checkpoint.",
     ),
     threads: int | None = typer.Option(
-        None, min=1, metavar="INT", rich_help_panel=config.SPEED,
+        None,
+        min=1,
+        metavar="INT",
+        rich_help_panel=config.SPEED,
         help="Torch CPU threads per process. Default: OMP_NUM_THREADS when set, else the CPUs the load average "
         "leaves idle, shared by the --nproc processes (a thread per core on a busy machine is many times slower). "
         "Runs are bitwise the same for the same --seed and --threads.",
     ),
     tensorboard: Path | None = typer.Option(
-        None, "--tensorboard", metavar="DIR", rich_help_panel=config.CHECKPOINTS,
+        None,
+        "--tensorboard",
+        metavar="DIR",
+        rich_help_panel=config.CHECKPOINTS,
         help="Also write TensorBoard logs to DIR: per-epoch train loss, valid AUC/logloss, RankMe, mean/min/per-field "
         "IA and the batch spectrum (needs the tensorboard extra).",
     ),
     nproc: int = typer.Option(
-        1, min=1, metavar="INT", rich_help_panel=config.SPEED,
+        1,
+        min=1,
+        metavar="INT",
+        rich_help_panel=config.SPEED,
         help="Data-parallel processes on this machine (torch.distributed); --batch-size stays the global "
         "batch. Same as torchrun --nproc-per-node N -m dcollapse train ...",
     ),

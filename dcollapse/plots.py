@@ -276,8 +276,9 @@ def interaction_dynamics(doc: Mapping[str, Any], path: str | Path | None) -> Fig
     below it the high-order mass and the valid - train loss gap; ``doc`` is the interactions document."""
     phase, gap = doc["phase"], doc["loss_gap"]
     epochs = [r["epoch"] for r in doc["results"]]
-    heat = np.array([[p - q for p, q in zip(r["order"]["positive"], r["order"]["negative"], strict=True)]
-                     for r in doc["results"]]).T  # fmt: skip  [orders, epochs]
+    heat = np.array(
+        [[p - q for p, q in zip(r["order"]["positive"], r["order"]["negative"], strict=True)] for r in doc["results"]]
+    ).T  # fmt: skip  [orders, epochs]
     fig = Figure(figsize=(7.5, 6.0), layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
     image = top.imshow(heat, aspect="auto", origin="lower", cmap="viridis",

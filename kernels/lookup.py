@@ -169,9 +169,11 @@ class _SparseLookup(torch.autograd.Function):
         if ctx.update is not None:
             ctx.update.apply_reference(unique, values)
             return None, None, None
-        return torch.sparse_coo_tensor(
-            unique[None], values, ctx.table_shape, is_coalesced=True, check_invariants=False
-        ), None, None
+        return (
+            torch.sparse_coo_tensor(unique[None], values, ctx.table_shape, is_coalesced=True, check_invariants=False),
+            None,
+            None,
+        )
 
 
 def lookup(

@@ -197,8 +197,10 @@ def main() -> None:
     vocab = [f["vocab_size"] for f in meta["fields"]]
     ids, labels = ids.to(device), labels.to(device)
     batch = min(args.batch, len(ids))
-    print(f"# {source}: {len(ids):,} rows, {len(vocab)} fields, {sum(vocab):,} table rows, emb {args.emb_dim}, "
-          f"batch {batch}, {args.steps} steps, {args.threads} threads, torch {torch.__version__}, {device}")
+    print(
+        f"# {source}: {len(ids):,} rows, {len(vocab)} fields, {sum(vocab):,} table rows, emb {args.emb_dim}, "
+        f"batch {batch}, {args.steps} steps, {args.threads} threads, torch {torch.__version__}, {device}"
+    )
     variants = ["ours dense", "ours sparse", "ours fused", "baseline dense", "baseline sparse"]
     if not args.no_compile:
         variants += ["ours dense + compile", "ours sparse + compile", "baseline dense + compile"]
@@ -214,8 +216,17 @@ def main() -> None:
         runs = {}
         for variant in variants:
             sparse = "sparse" in variant
-            config = full_config({**MODELS[name], "emb_dim": args.emb_dim, "lr": 1e-3, "optimizer": "adam",
-                                  "l2_emb": 0.0, "sparse_emb": sparse, "fused_update": variant == "ours fused"})
+            config = full_config(
+                {
+                    **MODELS[name],
+                    "emb_dim": args.emb_dim,
+                    "lr": 1e-3,
+                    "optimizer": "adam",
+                    "l2_emb": 0.0,
+                    "sparse_emb": sparse,
+                    "fused_update": variant == "ours fused",
+                }
+            )
             torch.manual_seed(0)
             if variant.startswith("ours"):
                 model = build_model(config, meta).to(device)

@@ -60,8 +60,11 @@ def test_richness_spectrum_cumulates_the_eigenvalue_shares(tmp_path):
 
 
 def test_interaction_figures(tmp_path):
-    result = {"checkpoint": "runs/x.epoch2.pt", "epoch": 2,
-              "order": {"orders": [1, 2, 3], "positive": [0.5, 0.2, 0.1], "negative": [-0.1, -0.05, 0.0]}}
+    result = {
+        "checkpoint": "runs/x.epoch2.pt",
+        "epoch": 2,
+        "order": {"orders": [1, 2, 3], "positive": [0.5, 0.2, 0.1], "negative": [-0.1, -0.05, 0.0]},
+    }
     fig = plots.interaction_orders({"results": [result]}, tmp_path / "o.png")
     written(tmp_path / "o.png")
     heights = sorted(round(p.get_height(), 6) for p in fig.axes[0].patches)

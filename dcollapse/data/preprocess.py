@@ -161,8 +161,12 @@ def preprocess(
                     TRANSFORM_FILE: lambda p: p.write_text(json.dumps(transform_doc, indent=2) + "\n"),
                 },
                 drop_empty=True,
-                extra={"columns": [asdict(c) for c in source.columns], "notes": notes, "oov_share": oov_share,
-                       **vocabulary},  # fmt: skip
+                extra={
+                    "columns": [asdict(c) for c in source.columns],
+                    "notes": notes,
+                    "oov_share": oov_share,
+                    **vocabulary,
+                },  # fmt: skip
             ),
             source.files,
             out_dir,

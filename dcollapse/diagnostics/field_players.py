@@ -102,9 +102,7 @@ def field_value_fn(
     return value
 
 
-def masking_drop(
-    model: CTRModel, inputs: FieldInputs, labels: torch.Tensor, baseline: FieldInputs
-) -> torch.Tensor:
+def masking_drop(model: CTRModel, inputs: FieldInputs, labels: torch.Tensor, baseline: FieldInputs) -> torch.Tensor:
     """float64 [F]: E_x |v(x) - v(x with field f at its baseline)|, the log-odds change from masking each field."""
     num_fields = inputs.embeddings.shape[1]
     value = field_value_fn(model, inputs, labels, range(num_fields), baseline)

@@ -128,7 +128,9 @@ def nc_report(checkpoint: str | Path, data: str | Path | None = None, *, split: 
         "split": split,
         "samples": len(rows),
         "click_rate": float(rows.labels.float().mean()),
-        "layers": [{"layer": name, "dim": int(h.shape[1]), **dataclasses.asdict(nc_stats(h, rows.labels))}
-                   for name, h in layers.items()],  # fmt: skip
+        "layers": [
+            {"layer": name, "dim": int(h.shape[1]), **dataclasses.asdict(nc_stats(h, rows.labels))}
+            for name, h in layers.items()
+        ],  # fmt: skip
         "note": K2_NOTE,
     }

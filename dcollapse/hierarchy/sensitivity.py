@@ -86,5 +86,3 @@ def measure(
             for k, (f, g) in enumerate(zip(clean, net.representations(xp), strict=True)):
                 values[kind][k][j] = shift_distance(f, g) / norms[k] if norms[k] > 0 else math.nan
     return Sensitivity(layers=layer_names(grammar.L), levels=levels, values=values, samples=n)
-
-

@@ -170,9 +170,7 @@ def compare_report(
     add_base_changes(rows)
     notes = []
     if len(datasets) > 1:
-        names = "; ".join(
-            f"{d['label']} = {d['name']} ({(d['hash'] or '')[:15]}, {d['path']})" for d in datasets
-        )
+        names = "; ".join(f"{d['label']} = {d['name']} ({(d['hash'] or '')[:15]}, {d['path']})" for d in datasets)
         notes.append(f"runs come from {len(datasets)} different datasets: {names}. RankMe changes compare within one")
     notes += [f"{Path(r['checkpoint']).name}: batch metrics skipped: {r['dataset']['skipped']}"
               for r in rows if r["batch"] is None]  # fmt: skip
@@ -189,9 +187,7 @@ def compare_verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
         if line:
             lines.append(line + verdict.training_clause(r["over_training"]))
     flagged = [r for r in rows if r["flags"]]
-    lines += [
-        f"caution: {Path(r['checkpoint']).name}: " + "; ".join(f["reason"] for f in r["flags"]) for r in flagged
-    ]
+    lines += [f"caution: {Path(r['checkpoint']).name}: " + "; ".join(f["reason"] for f in r["flags"]) for r in flagged]
     if not lines:
         lines.append("no run has a base run (arch none) of the same backbone and dataset to compare against")
     return {"lines": lines, "flagged": [r["checkpoint"] for r in flagged]}

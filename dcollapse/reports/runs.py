@@ -136,9 +136,12 @@ def match_tables_to_dataset(run: Run) -> None:
         return
     if sizes == [size for _, size in have]:
         return
-    run.data, run.skipped = None, (
-        f"the tables ({len(tables)}: {', '.join(f'{n} {s}' for n, s in list(zip(names, sizes, strict=True))[:4])}"
-        f"{' ...' if len(tables) > 4 else ''}) match the fields of --data neither by name nor by order and size"
+    run.data, run.skipped = (
+        None,
+        (
+            f"the tables ({len(tables)}: {', '.join(f'{n} {s}' for n, s in list(zip(names, sizes, strict=True))[:4])}"
+            f"{' ...' if len(tables) > 4 else ''}) match the fields of --data neither by name nor by order and size"
+        ),
     )
 
 
@@ -277,9 +280,7 @@ def tables_listing(source: TableSource) -> dict[str, Any]:
     }
 
 
-def load_run_with_batch(
-    source: Any, data: str | Path | None, split: str, size: int, seed: int
-) -> tuple[Run, Split]:
+def load_run_with_batch(source: Any, data: str | Path | None, split: str, size: int, seed: int) -> tuple[Run, Split]:
     """A ``dcollapse train`` run and its fixed seeded batch of ``split`` (for the diagnostics that need the
     model's forward pass and data: AGOP, neural collapse, richness)."""
     run = load_run(source, data, device="cpu")

@@ -70,9 +70,7 @@ class SpectrumReport:
         import polars as pl
 
         keys = ("table", "field", "vocab_size", "ia", "rankme", "stable_rank", "state")
-        return pl.DataFrame(
-            [{**{k: f[k] for k in keys}, "untrained_ia": f["untrained"]["ia"]} for f in self.fields]
-        )
+        return pl.DataFrame([{**{k: f[k] for k in keys}, "untrained_ia": f["untrained"]["ia"]} for f in self.fields])
 
     def plot(self, target: str | Path | Axes | None = None) -> Figure:
         """Log normalized spectra, one panel per field (and Z, cov(Z)); ``target``: a file (.png/.pdf/.svg) to

@@ -111,10 +111,7 @@ def read_grid_file(path: Path) -> dict[str, dict[str, Any]]:
         if not isinstance(options, dict):
             raise UserError(f"{path}: runs.{name} must be a table of options")
     base_options = toml_options(path, base, ("base",))
-    return {
-        name: merged(base_options, toml_options(path, options, ("runs", name)))
-        for name, options in runs.items()
-    }
+    return {name: merged(base_options, toml_options(path, options, ("runs", name))) for name, options in runs.items()}
 
 
 def load_grid(grid: str, recipe: str = "default") -> dict[str, dict[str, Any]]:

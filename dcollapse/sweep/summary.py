@@ -215,8 +215,12 @@ def summary_markdown(summary: Mapping[str, Any], title: str) -> str:
     lines += [f"- failed: {f['name']}: {f['error']}" for f in summary["failed"]]
     claims = summary.get("claims") or []
     if claims:
-        lines += ["", "Does the DNN raise RankMe? (the change paired by seed; held: every seed up by more than "
-                  f"{verdict.RANKME_SAME:.0%} and the interval above 0; not held: no seed up; otherwise mixed)", ""]
+        lines += [
+            "",
+            "Does the DNN raise RankMe? (the change paired by seed; held: every seed up by more than "
+            f"{verdict.RANKME_SAME:.0%} and the interval above 0; not held: no seed up; otherwise mixed)",
+            "",
+        ]
         lines += [f"- {line}" for line in claims]
     return "\n".join(lines) + "\n"
 
