@@ -34,10 +34,18 @@ class CommandGroup(typer.core.TyperGroup):
 
     def get_command(self, ctx: Any, cmd_name: str) -> Any:
         command = super().get_command(ctx, cmd_name)
-        for param in command.params if command is not None else ():
+        if command is None:
+            return None
+        for param in [*command.params, command.get_help_option(ctx)]:
             if isinstance(param, typer.core.TyperOption) and param.metavar is None:
                 param.metavar = "" if param.is_flag else plain_metavar(param)
         return command
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)
+        if option is not None and option.metavar is None:
+            option.metavar = ""
+        return option
 
 
 def plain_metavar(option: typer.core.TyperOption) -> str | None:
