@@ -36,7 +36,8 @@ class CommandGroup(typer.core.TyperGroup):
         command = super().get_command(ctx, cmd_name)
         if command is None:
             return None
-        for param in [*command.params, command.get_help_option(ctx)]:
+        help_option = command.get_help_option(ctx) if ctx is not None else None  # no context: not for --help
+        for param in [*command.params, help_option]:
             if isinstance(param, typer.core.TyperOption) and param.metavar is None:
                 param.metavar = "" if param.is_flag else plain_metavar(param)
         return command
