@@ -20,11 +20,11 @@ from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
 from dcollapse.errors import UserError
 from dcollapse.io import atomic_path
+from dcollapse.reports.runs import BACKBONES
 
 FLOOR = 1e-7  # values at or below this (exact zeros of rank-deficient spectra) are not drawn on the log axis
 SPECTRUM_YLABEL = "s_i / s_1 (log)"  # singular values, normalized by the largest
 EIGEN_YLABEL = "eigenvalue / largest (log)"  # eigenvalues of cov(Z), normalized by the largest
-BACKBONE_NAMES = {"fm": "FM", "crossnet": "CrossNet (DCNv2)", "dot": "dot interaction"}
 # Coinciding curves (e.g. the total gradient and its only path) stay visible: each later line thinner and dashed.
 LINE_STYLES = [("-", 2.6), ("--", 1.8), ("-.", 1.6), (":", 1.8)] + [(s, 1.3) for s in ("-", "--", "-.", ":")] * 3
 
@@ -138,7 +138,7 @@ def compare_overlay(doc: Mapping[str, Any], path: str | Path | None) -> Figure:
     for r in doc["runs"]:
         if r["batch"] is None:
             continue
-        backbone = BACKBONE_NAMES.get(r["backbone"], r["backbone"]) or f"{r['layout']} tables"
+        backbone = BACKBONES.get(r["backbone"], r["backbone"]) or f"{r['layout']} tables"
         label = f"{Path(r['checkpoint']).name} ({r['variant']}, RankMe of Z {r['batch']['z']['rankme']:.1f})"
         groups.setdefault((r["dataset_label"], backbone), {})[label] = r["batch"]["covariance"]["normalized"]
     if not groups:

@@ -64,17 +64,6 @@ def make_run(data: Path, out: Path, model: str = "fm", arch: str = "none", epoch
              "samples_per_s": 1.0, "rankme": rankme, "field_ia": field_ia, "mean_ia": sum(field_ia) / len(field_ia)}
         )  # fmt: skip
     test_auc, test_ll = _evaluate(net, data, "test")
-    checkpoint.save(
-        out,
-        {
-            "config": cfg,
-            "meta": meta,
-            "state_dict": net.state_dict(),
-            "history": history,
-            "data": {"path": str(Path(data).resolve()), "hash": meta["input_hash"]},
-            "test": {"auc": test_auc, "logloss": test_ll},
-            "best_epoch": epochs,
-            "kind": "ctr",
-        },
-    )
+    test = {"auc": test_auc, "logloss": test_ll}
+    checkpoint.save(out, checkpoint.ctr_run(cfg, meta, net.state_dict(), history, Path(data).resolve(), epochs, test))
     return out

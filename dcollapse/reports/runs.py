@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from dcollapse.models.model import CTRModel
     from dcollapse.sources import TableSource
 
-BACKBONES = {"fm": "FM", "crossnet": "CrossNet", "dot": "Dot"}
+BACKBONES = {"fm": "FM", "crossnet": "CrossNet", "dot": "Dot"}  # display names, in tables and figures
 VARIANTS = {"none": "base", "parallel": "+p-DNN", "stacked": "+s-DNN"}
 
 
