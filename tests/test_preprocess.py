@@ -111,8 +111,42 @@ def test_random_split_is_seeded_disjoint_and_complete(tmp_path):
     assert (frame(tmp_path / "a", "train")["C1"] >= 2).all()
 
 
+def test_split_follows_row_content_not_position(tmp_path):
+    """The same rows in reverse order through the checked reader (CRLF) get the same splits as through the native
+    one, row by row (train membership = the train vocabulary of a key unique per row)."""
+    rows = [criteo_row(str(i % 2), [str(i % 7)], [f"k{i}", f"v{i % 5}"]) for i in range(600)]
+    forward = write_lines(tmp_path / "f.txt", rows)
+    backward = tmp_path / "b.txt"
+    backward.write_bytes("".join(r + "\r\n" for r in reversed(rows)).encode())
+    opts = {"format": "criteo", "valid_frac": 0.2, "test_frac": 0.2, "seed": 1}
+    a, b = run([forward], tmp_path / "a", **opts), run([backward], tmp_path / "b", **opts)
+    assert a["splits"] == b["splits"]
+    assert set(vocab_of(tmp_path / "a", "C1")) == set(vocab_of(tmp_path / "b", "C1"))
+    assert 0 < a["splits"]["valid"]["rows"] < 600
+
+
+def test_split_is_the_same_with_and_without_a_header(tmp_path):
+    body = [f"{i % 2},k{i},{i % 3}" for i in range(500)]
+    with_header = write_lines(tmp_path / "h.csv", ["click,key,n", *body])
+    bare = write_lines(tmp_path / "n.csv", body)
+    common = {"format": "csv", "label": "click", "categorical": ["key"], "numeric": ["n"], "seed": 2}
+    a = run([with_header], tmp_path / "a", **common)
+    b = run([bare], tmp_path / "b", **common, header=False, columns=["click", "key", "n"])
+    assert a["splits"] == b["splits"]
+    assert set(vocab_of(tmp_path / "a", "key")) == set(vocab_of(tmp_path / "b", "key"))
+
+
+def test_duplicated_rows_never_straddle_splits(tmp_path):
+    src = write_lines(tmp_path / "d.txt", [criteo_row(str(i % 2), [], [f"k{i % 40}"]) for i in range(800)])
+    run([src], tmp_path / "out", format="criteo", valid_frac=0.3, test_frac=0.3, seed=0, min_count=1)
+    # every key appears 20 times (always with the same label); all its copies are in the train split or none is
+    train_keys = frame(tmp_path / "out")["C1"].value_counts()
+    assert set(train_keys["count"].to_list()) == {20}
+
+
 def test_split_files_keep_given_files_as_splits(tmp_path):
-    train = write_lines(tmp_path / "train.txt", [criteo_row("1", [], ["x"])] * 50 + [criteo_row("0", [], ["y"])] * 50)
+    rows = [criteo_row("1", [str(i)], ["x"]) for i in range(50)] + [criteo_row("0", [str(i)], ["y"]) for i in range(50)]
+    train = write_lines(tmp_path / "train.txt", rows)  # distinct rows: identical ones would share one split
     test = write_lines(tmp_path / "test.txt", [criteo_row("0", [], ["y"]), criteo_row("1", [], ["new"])])
     meta = run([train, test], tmp_path / "out", format="criteo", split_files=True, valid_frac=0.2)
     assert meta["splits"]["test"]["rows"] == 2 and meta["splits"]["test"]["positives"] == 1

@@ -299,8 +299,7 @@ def _combine(source: formats.Source, opts: Options) -> pl.LazyFrame:
     """Concatenate the per-file frames with ``__file`` and the split code ``__split`` (0 train, 1 valid, 2 test)."""
     frames = [lf.with_columns(pl.lit(k, dtype=pl.UInt32).alias(FILE)) for k, lf in enumerate(source.frames)]
     lf = pl.concat(frames, how="vertical")
-    # A seeded uniform number per row from (file, line): stable under streaming and independent of chunking.
-    u = (pl.struct(FILE, LINE).hash(opts.seed) % 1_000_003).cast(pl.Float64) / 1_000_003
+    u = (_row_hash(source, opts.seed) % 1_000_003).cast(pl.Float64) / 1_000_003
     if opts.apply and not opts.split_files:
         split = pl.lit(SPLIT_CODES["test"], dtype=pl.Int8)
     elif opts.split_files:
@@ -323,6 +322,24 @@ def _combine(source: formats.Source, opts: Options) -> pl.LazyFrame:
             .otherwise(pl.lit(0, dtype=pl.Int8))
         )
     return lf.with_columns(split.alias(SPLIT))
+
+
+def _row_hash(source: formats.Source, seed: int) -> pl.Expr:
+    """A seeded UInt64 hash of a row's content: its label and every field's value, numbers as Float64 and tokens as
+    text, so the fast and the checked readers of one row agree. One hash per column (seeded by the split seed and
+    the column's position), combined by xor: ~3x cheaper than hashing a struct of the columns.
+
+    Hashing content rather than (file, line) makes the split of a row independent of its position: the same rows
+    with or without a header line, in another order or in other files get the same splits, and duplicated rows
+    never straddle two splits. Stable under streaming and independent of chunking (for a given Polars version).
+    """
+    columns = [pl.col(formats.LABEL).cast(pl.Int8)] + [
+        pl.col(name).cast(pl.Float64 if kind == formats.NUMERIC else pl.String) for name, kind in source.fields
+    ]
+    combined = columns[0].hash(seed << 20)
+    for k, column in enumerate(columns[1:], start=1):
+        combined = combined ^ column.hash((seed << 20) + k)
+    return combined
 
 
 def _split_names(opts: Options) -> list[str]:
