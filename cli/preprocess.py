@@ -60,6 +60,13 @@ def preprocess_command(
     numeric_bins: str = typer.Option(
         "log", "--numeric-bins", help="Numeric binning: 'log' (v > 2 -> int(ln(v)^2)) or N quantile bins."
     ),
+    numeric_as: str = typer.Option(
+        "bins",
+        "--numeric-as",
+        help="Numeric fields as 'bins' (one learned vector per bin, --numeric-bins) or 'scalar' (one learned vector "
+        "per field times the value log1p(max(v, 0)), min-max scaled on train to [0, 1] and stored to 1e-3; "
+        "missing -> 0). Criteo, and csv/parquet numeric columns; taken from the dataset with --apply.",
+    ),
     separator: str = typer.Option(",", "--separator", help="csv: column separator."),
     no_header: bool = typer.Option(
         False,
@@ -101,6 +108,7 @@ def preprocess_command(
         positive=positive,
         columns=list(columns),
         numeric_bins=numeric_bins,
+        numeric_as=numeric_as,
         separator=separator,
         header=not no_header,
         min_count=min_count,
@@ -146,6 +154,7 @@ def summary_table(meta: dict[str, Any], out_dir: Path) -> Table:
     why = {c["name"]: c["why"] for c in meta.get("columns", [])}
     for f in meta["fields"]:
         kind = f"{f['kind']} ({why[f['name']]})" if f["name"] in why else f["kind"]
+        kind += " (scalar: one vector x value)" if f.get("encoding") == "scalar" else ""
         table.add_row(escape(f"field {f['name']}"), escape(kind), f"{f['vocab_size']:,}")  # names as they are
     for c in meta.get("columns", []):
         if c["kind"] in ("label", None):

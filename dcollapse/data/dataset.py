@@ -3,12 +3,20 @@
 ``meta.json`` (written by :mod:`dcollapse.data.preprocess`)::
 
     {"format": "dcollapse.dataset", "version": 1, "name": str, "label": "label",
-     "fields": [{"name": str, "kind": "categorical" | "numeric", "vocab_size": int, "offset": int}, ...],
+     "fields": [{"name": str, "kind": "categorical" | "numeric", "vocab_size": int, "offset": int,
+                 "encoding": "bins" | "scalar", "scalar": {...}}, ...],
      "splits": {"train": {"file": "train.parquet", "rows": int, "positives": int}, "valid": {...}, ...},
      "options": {...}, "input_hash": str, "dcollapse_version": str, "skipped_rows": int}
 
 Each split file holds one int32 column per field (local ids in ``[0, vocab_size)``; id 0 = rare/unknown,
 id 1 = missing) and an int8 label column. ``offset`` places each field in one concatenated table.
+
+``encoding`` (absent = ``"bins"``): how a numeric field's values became ids. ``"bins"``: each bin is a token with
+its own id, like a categorical value. ``"scalar"`` (``preprocess --numeric-as scalar``): the id is the field's
+scaled value on a grid of ``levels`` steps, ``id = FIRST_KEPT_ID + round(x * levels)`` with
+``x = (log1p(max(v, 0)) - min) / (max - min)`` clipped to [0, 1] (``min``/``max`` from the train split), and the
+model embeds it as one learned vector per field times the value (:func:`scalar_values`); ids 0 and 1 have value 0.
+The block: ``"scalar": {"levels": int, "transform": "log1p", "min": float, "max": float}``.
 """
 
 from __future__ import annotations
@@ -34,7 +42,10 @@ FORMAT = "dcollapse.dataset"
 VERSION = 1
 OOV_ID = 0
 MISSING_ID = 1
+FIRST_KEPT_ID = 2  # the first id of a kept value (a token by count, or a scalar field's value 0)
 KINDS = ("categorical", "numeric")
+ENCODINGS = ("bins", "scalar")
+SCALAR_TRANSFORMS = ("log1p",)
 MAX_TABLE_ROWS = 2**31 - 1  # ids are int32: every field's vocabulary, and all of them together, fit below this
 
 
@@ -83,6 +94,9 @@ def check_meta(meta: Any, where: str | Path) -> None:
         if f.get("offset") != offset or not _integer(f.get("offset"), 0, MAX_TABLE_ROWS):
             fail(f"fields[{i}].offset must be {offset} (the sum of the vocabulary sizes before it), "
                  f"got {_shown(f.get('offset'))}")  # fmt: skip
+        problem = _encoding_problem(f)
+        if problem:
+            fail(f"fields[{i}] ({f['name']}): {problem}")
         offset += size
     if offset > MAX_TABLE_ROWS:
         fail(f"the vocabulary sizes add up to {offset:,}, more than the {MAX_TABLE_ROWS:,} rows ids can address")
@@ -102,6 +116,45 @@ def check_meta(meta: Any, where: str | Path) -> None:
             fail(f"splits.{name}.positives must be an integer in [0, rows], got {_shown(split.get('positives'))}")
     if not isinstance(meta.get("input_hash", ""), str | None):
         fail(f"'input_hash' must be a string, got {_shown(meta.get('input_hash'))}")
+
+
+def _encoding_problem(f: dict[str, Any]) -> str | None:
+    """What is wrong with a field's ``encoding`` / ``scalar`` keys (None: nothing)."""
+    encoding = f.get("encoding", "bins")
+    if encoding not in ENCODINGS:
+        return f"encoding must be one of {', '.join(ENCODINGS)}, got {_shown(encoding)}"
+    if encoding == "bins":
+        return None if "scalar" not in f else "a 'scalar' block needs encoding 'scalar'"
+    if f.get("kind") != "numeric":
+        return f"encoding 'scalar' is for numeric fields, this one is {f.get('kind')}"
+    block = f.get("scalar")
+    if not isinstance(block, dict):
+        return f"encoding 'scalar' needs a 'scalar' object (levels, transform, min, max), got {_shown(block)}"
+    levels: Any = block.get("levels")
+    low: Any = block.get("min")
+    high: Any = block.get("max")
+    if not _integer(levels, 1, MAX_TABLE_ROWS - FIRST_KEPT_ID - 1):
+        return f"scalar.levels must be an integer >= 1, got {_shown(levels)}"
+    if block.get("transform") not in SCALAR_TRANSFORMS:
+        return f"scalar.transform must be one of {', '.join(SCALAR_TRANSFORMS)}, got {_shown(block.get('transform'))}"
+    if not (_number(low) and _number(high) and low <= high):
+        return f"scalar.min and scalar.max must be finite numbers with min <= max, got {_shown(low)}, {_shown(high)}"
+    want = levels + 1 + FIRST_KEPT_ID
+    if f.get("vocab_size") != want:
+        return f"vocab_size must be scalar.levels + {1 + FIRST_KEPT_ID} = {want}, got {_shown(f.get('vocab_size'))}"
+    return None
+
+
+def scalar_values(f: dict[str, Any]) -> np.ndarray:
+    """float64 [vocab_size]: the value of every local id of a field with encoding ``scalar`` (a checked meta.json
+    field): 0 for the OOV and missing ids, ``(id - FIRST_KEPT_ID) / levels`` in [0, 1] for the others."""
+    levels = int(f["scalar"]["levels"])
+    return np.concatenate([np.zeros(FIRST_KEPT_ID), np.arange(levels + 1, dtype=np.float64) / levels])
+
+
+def is_scalar(f: dict[str, Any]) -> bool:
+    """Whether a meta.json field is embedded as one vector times its value (encoding ``scalar``)."""
+    return f.get("encoding") == "scalar"
 
 
 def split_path(data_dir: str | Path, meta: dict[str, Any], split: str) -> Path:
@@ -192,6 +245,10 @@ def _integer(value: Any, low: int, high: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and bool(np.isfinite(value))
+
+
 def _text(value: Any) -> bool:
     return isinstance(value, str) and bool(value.strip())
 
@@ -225,7 +282,8 @@ def write_dataset(
 ) -> dict[str, Any]:
     """Write ``splits`` (frames with an int32 column per field and a ``label`` column) as a dataset dir, atomically.
 
-    ``fields``: ``[{"name", "kind", "vocab_size"}, ...]`` in column order (offsets are added here);
+    ``fields``: ``[{"name", "kind", "vocab_size"}, ...]`` in column order (offsets are added here; a field's
+    ``encoding`` and ``scalar`` keys are kept);
     ``extra_files``: ``{file name: writer(path)}`` for additional files inside the directory; ``drop_empty``: leave out
     splits without rows (a missing or empty ``train`` split is then an error); ``extra``: more ``meta.json`` keys (the
     preprocess job adds ``columns``, how each csv/parquet input column was used, and ``notes``).
@@ -260,11 +318,12 @@ def write_dataset(
         if not split_meta:
             raise UserError(f"{out_dir}: no rows to write")
         offset = 0
-        field_meta = []
+        field_meta: list[dict[str, Any]] = []
         for f in fields:
-            field_meta.append(
-                {"name": f["name"], "kind": f["kind"], "vocab_size": int(f["vocab_size"]), "offset": offset}
-            )
+            field_meta.append({
+                "name": f["name"], "kind": f["kind"], "vocab_size": int(f["vocab_size"]), "offset": offset,
+                **{key: f[key] for key in ("encoding", "scalar") if key in f},
+            })  # fmt: skip
             offset += int(f["vocab_size"])
         meta = {
             "format": FORMAT,

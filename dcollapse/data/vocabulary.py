@@ -1,17 +1,19 @@
-"""Tokens -> ids: numeric binning (the Criteo log rule, quantile bins), integer codes for categorical tokens while
-the input streams, per-field vocabularies by count, and the gather that maps keys to a dataset's local ids
-(``OOV_ID`` for rare or unseen keys, ``MISSING_ID`` for missing values, kept tokens from ``FIRST_KEPT_ID`` on by
-decreasing count)."""
+"""Tokens -> ids: numeric binning (the Criteo log rule, quantile bins) or scaling (``--numeric-as scalar``),
+integer codes for categorical tokens while the input streams, per-field vocabularies by count, and the gather that
+maps keys to a dataset's local ids (``OOV_ID`` for rare or unseen keys, ``MISSING_ID`` for missing values, kept
+tokens from ``FIRST_KEPT_ID`` on by decreasing count)."""
 
 from __future__ import annotations
+
+from collections.abc import Collection
 
 import numpy as np
 import polars as pl
 
 from dcollapse.data import formats
-from dcollapse.data.dataset import MISSING_ID, OOV_ID
+from dcollapse.data.dataset import FIRST_KEPT_ID, MISSING_ID, OOV_ID
 
-FIRST_KEPT_ID = 2
+SCALAR_LEVELS = 1000  # --numeric-as scalar: the scaled value in [0, 1] is stored on a grid of 1/1000 steps
 
 
 def log_bin(value: pl.Expr) -> pl.Expr:
@@ -24,6 +26,33 @@ def quantile_bin(value: pl.Expr, edges: list[float]) -> pl.Expr:
     if not edges:
         return pl.when(value.is_not_null()).then(pl.lit(0.0))
     return pl.when(value.is_not_null()).then(pl.sum_horizontal([(value > e) for e in edges]).cast(pl.Float64))
+
+
+def scalar_transform(value: pl.Expr) -> pl.Expr:
+    """``log1p(max(v, 0))`` of a numeric value (null stays null; NaN becomes null: missing)."""
+    clipped = pl.when(value.is_nan().fill_null(True)).then(None).when(value > 0).then(value).otherwise(pl.lit(0.0))
+    return clipped.log1p()
+
+
+def scalar_range(train: pl.LazyFrame, names: list[str]) -> pl.LazyFrame:
+    """One row: ``min|name`` and ``max|name`` of :func:`scalar_transform` over the finite values of each field."""
+    out = []
+    for name in names:
+        x = scalar_transform(pl.col(name))
+        finite = x.filter(x.is_finite())
+        out += [finite.min().alias(f"min|{name}"), finite.max().alias(f"max|{name}")]
+    return train.select(out)
+
+
+def scalar_id(value: pl.Expr, scale: dict[str, float | int | str]) -> pl.Expr:
+    """Expression: numeric values -> int32 ids of encoding ``scalar`` (see :mod:`dcollapse.data.dataset`):
+    ``FIRST_KEPT_ID + floor(x * levels + 0.5)`` with x the min-max scaled :func:`scalar_transform`, clipped to
+    [0, 1] (x = 0 when min = max); missing (null, NaN) -> MISSING_ID."""
+    low, high, levels = float(scale["min"]), float(scale["max"]), int(scale["levels"])
+    x = scalar_transform(value)
+    scaled = ((x - low) / (high - low)).clip(0.0, 1.0) if high > low else pl.lit(0.0)
+    level = (scaled * levels + 0.5).floor().cast(pl.Int32) + FIRST_KEPT_ID
+    return pl.when(x.is_null()).then(pl.lit(MISSING_ID, dtype=pl.Int32)).otherwise(level)
 
 
 class Codes:
@@ -107,11 +136,14 @@ def float_ids(x: np.ndarray, values: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return np.where(hit, ids[pos], OOV_ID).astype(np.int32)
 
 
-def bin_keys(frame: pl.LazyFrame, source: formats.Source, edges: dict[str, list[float]]) -> pl.LazyFrame:
-    """Numeric fields -> their bin (quantile bins where ``edges`` has the field, else the log rule), Float64."""
+def bin_keys(
+    frame: pl.LazyFrame, source: formats.Source, edges: dict[str, list[float]], scalar: Collection[str] = ()
+) -> pl.LazyFrame:
+    """Numeric fields -> their bin (quantile bins where ``edges`` has the field, else the log rule), Float64; the
+    fields in ``scalar`` keep their values (they are scaled, not binned)."""
     exprs = []
     for name, kind in source.fields:
-        if kind == formats.NUMERIC:
+        if kind == formats.NUMERIC and name not in scalar:
             value = pl.col(name)
             exprs.append((quantile_bin(value, edges[name]) if name in edges else log_bin(value)).alias(name))
     return frame.with_columns(exprs) if exprs else frame

@@ -18,15 +18,18 @@ re-initialises every linear map as the paper's FuxiCTR code does (:func:`xavier_
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional
 
 from dcollapse.config import model_options
+from dcollapse.data.dataset import is_scalar, scalar_values
 from dcollapse.errors import UserError
-from dcollapse.kernels import lookup
 from dcollapse.models.embedding import FieldEmbedding
 from dcollapse.models.interactions import BiInteraction, CrossLayer, CrossNet, DotInteraction
 from dcollapse.models.mlp import MLP
@@ -64,8 +67,13 @@ class Head(nn.Linear):
 def xavier_init(model: nn.Module) -> None:
     """FuxiCTR's ``reset_parameters``: every linear map's weight [out, in] xavier_normal_, its bias zero; the
     embedding tables keep N(0, 1e-4). Covers nn.Linear (MLP, head, low-rank cross factors) and the full-rank
-    cross layers' W [K, K]; a head's fixed weights stay 1."""
+    cross layers' W [K, K]; a head's fixed weights stay 1. The vector of a scalar field is FuxiCTR's bias-free
+    Linear(1, d) of a numeric feature, a linear map too: N(0, 2 / (1 + d)) per embedding set of width d."""
     for module in model.modules():
+        if isinstance(module, FieldEmbedding):
+            std = math.sqrt(2.0 / (1 + module.emb_dim))
+            for f in module.scalar_fields.tolist():
+                module.table[int(module.offsets[f])].normal_(std=std)
         if isinstance(module, nn.Linear) or (isinstance(module, CrossLayer) and not module.rank):
             nn.init.xavier_normal_(module.weight)
             if module.bias is not None:
@@ -83,12 +91,19 @@ def model_config(config: dict[str, Any]) -> dict[str, Any]:
 class CTRModel(nn.Module):
     """A feature-interaction CTR model over F categorical fields (see the module docstring for the compositions)."""
 
-    def __init__(self, config: dict[str, Any], vocab_sizes: list[int]) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        vocab_sizes: list[int],
+        scalar_values: Sequence[np.ndarray | None] | None = None,
+    ) -> None:
+        """``scalar_values``: per field, the value of each local id of a field embedded as one vector times the
+        value (float [V_f]), or None for a categorical field (see :class:`FieldEmbedding`; default: none)."""
         super().__init__()
         c = model_config(config)
         self.config = c
         self.model, self.arch, self.style = c["model"], c["arch"], c["style"]
-        self.embedding = FieldEmbedding(vocab_sizes, int(c["emb_dim"]), int(c["num_sets"]))
+        self.embedding = FieldEmbedding(vocab_sizes, int(c["emb_dim"]), int(c["num_sets"]), scalar_values)
         F, d, k = len(vocab_sizes), int(c["emb_dim"]), int(c["num_sets"])
         self.interaction: BiInteraction | DotInteraction | CrossNet
         if self.model == "fm":
@@ -116,9 +131,10 @@ class CTRModel(nn.Module):
         fm_only_paper = self.model == "fm" and self.arch == "none" and self.style == "paper"
         self.head = Head(hidden_dim, fixed=z_dim if fm_sum else 0, bias=not fm_only_paper)
         self.first_order = nn.Parameter(torch.zeros(sum(vocab_sizes), 1)) if textbook_fm else None
-        # E reaches the logit only through the interaction: forward(ids) can use the fused lookup+interaction op.
+        # E reaches the logit only through the interaction: forward(ids) can use the fused lookup+interaction op
+        # (not with scalar fields: their rows are scaled between the lookup and the interaction).
         only_interaction_reads_e = self.arch == "none" or (self.arch == "stacked" and self.model != "dot")
-        self._fused = self.interaction.fusable and only_interaction_reads_e
+        self._fused = self.interaction.fusable and only_interaction_reads_e and not self.embedding.has_scalar
         if c["init"] == "xavier":
             xavier_init(self)
 
@@ -154,10 +170,7 @@ class CTRModel(nn.Module):
         """Textbook FM's first-order term sum_f w[id_f], [B]; zeros when the model has none."""
         if self.first_order is None:
             return ids.new_zeros(ids.shape[0], dtype=self.embedding.table.dtype)
-        update = self.embedding.update_for(self.first_order)
-        return lookup(self.first_order, ids, self.embedding.offsets, sparse=self.embedding.sparse, update=update).sum(
-            dim=(1, 2)
-        )
+        return self.embedding.read(self.first_order, ids).sum(dim=(1, 2))  # a scalar field: w_f x value
 
     def forward_from_embeddings(
         self, E: torch.Tensor, detach: str | None = None, ids: torch.Tensor | None = None
@@ -208,9 +221,15 @@ def vocab_sizes(meta: dict[str, Any]) -> list[int]:
     return sizes
 
 
+def field_scalar_values(meta: dict[str, Any]) -> list[np.ndarray | None]:
+    """Per field of meta.json: the value of each local id (float64 [V_f]) of a field with encoding ``scalar``, else
+    None (a field with one learned row per id)."""
+    return [scalar_values(f) if is_scalar(f) else None for f in meta["fields"]]
+
+
 def build_model(config: dict[str, Any], meta: dict[str, Any]) -> CTRModel:
     """A freshly initialised model for ``config`` (missing model keys take their defaults) and meta.json."""
-    return CTRModel(config, vocab_sizes(meta))
+    return CTRModel(config, vocab_sizes(meta), field_scalar_values(meta))
 
 
 def load_model(ckpt: dict[str, Any]) -> CTRModel:

@@ -3,7 +3,8 @@
 - Reference: every spectrum is read against an *untrained* matrix of the same shape, i.i.d. Gaussian entries
   (what ``dcollapse train`` and the common CTR libraries initialise tables with; the metrics do not depend on the
   scale). A field whose IA is below :data:`COLLAPSED` of its reference is *collapsed*, below :data:`PARTLY`
-  *partly collapsed*; fields with fewer than :data:`MIN_RANK` possible dimensions are not judged.
+  *partly collapsed*; fields with fewer than :data:`MIN_RANK` possible dimensions are not judged, nor are scalar
+  fields (``preprocess --numeric-as scalar``: one vector times the value, rank 1 by construction).
 - Flags: runs whose numbers cannot be read as collapse (:func:`run_flags`).
 - Variants: the RankMe change against the base run beside the AUC change (:func:`change_line`).
 """
@@ -19,6 +20,8 @@ from typing import Any
 COLLAPSED = 0.25  # IA below this share of an untrained table's: "collapsed"
 PARTLY = 0.5  # below this share: "partly collapsed"
 MIN_RANK = 4  # min(vocab, d) below this: too few dimensions to judge
+SCALAR = "scalar field"  # the state of a field embedded as one vector x its value: rank 1 by construction
+SCALAR_READING = "scalar field (one vector x value): rank 1 by construction, not read"
 REFERENCE_ROWS = 1 << 17  # an untrained table's reference uses at most this many rows (values change < 1% beyond)
 REFERENCE_SEED = 0
 NEAR_CHANCE_AUC = 0.55  # a best validation AUC below this at best epoch <= EARLY_EPOCHS is "near chance"
@@ -55,8 +58,11 @@ def untrained_reference(rows: int, dim: int) -> Reference:
     return Reference(rows, dim, information_abundance(s), rankme(s))
 
 
-def field_state(ia: float, vocab_size: int, dim: int) -> str:
-    """'collapsed' | 'partly collapsed' | 'not collapsed' | 'not judged' (too few possible dimensions)."""
+def field_state(ia: float, vocab_size: int, dim: int, scalar: bool = False) -> str:
+    """'collapsed' | 'partly collapsed' | 'not collapsed' | 'not judged' (too few possible dimensions) |
+    :data:`SCALAR` (``scalar``: a field embedded as one vector times its value, whose IA is 1 by construction)."""
+    if scalar:
+        return SCALAR
     if min(vocab_size, dim) < MIN_RANK:
         return "not judged"
     share = ia / untrained_reference(vocab_size, dim).ia
@@ -65,11 +71,14 @@ def field_state(ia: float, vocab_size: int, dim: int) -> str:
 
 def field_lines(fields: list[dict[str, Any]], dim: int) -> list[str]:
     """The verdict on per-field rows (each with "field", "vocab_size", "ia", "untrained", "state")."""
-    judged = [f for f in fields if f["state"] != "not judged"]
+    scalar = [f["field"] for f in fields if f["state"] == SCALAR]
+    not_read = [f"field{'s' if len(scalar) > 1 else ''} {', '.join(scalar)}: {SCALAR_READING}"] if scalar else []
+    judged = [f for f in fields if f["state"] not in ("not judged", SCALAR)]
     collapsed = [f for f in judged if f["state"] == "collapsed"]
     partly = [f for f in judged if f["state"] == "partly collapsed"]
     if not judged:
-        return [f"no field has {MIN_RANK} or more possible dimensions: nothing to judge"]
+        return [f"no other field has {MIN_RANK} or more possible dimensions: nothing to judge" if scalar
+                else f"no field has {MIN_RANK} or more possible dimensions: nothing to judge", *not_read]  # fmt: skip
     head = (
         f"{len(collapsed)} of {len(judged)} fields collapsed (IA under {COLLAPSED:.0%} of an untrained table's), "
         f"{len(partly)} partly (under {PARTLY:.0%})"
@@ -81,7 +90,7 @@ def field_lines(fields: list[dict[str, Any]], dim: int) -> list[str]:
         f"(an untrained table of this shape: {f['untrained']['ia']:.1f}): {f['state']}"
         for f in worst
     ]
-    return lines
+    return lines + not_read
 
 
 def batch_line(rankme: float, rows: int, dim: int) -> str:
