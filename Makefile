@@ -4,7 +4,10 @@
 #   make test TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
 PYTHON ?= python3
 VENV ?= .venv
-CPU_INDEX := --index-url https://download.pytorch.org/whl/cpu
+# The CPU-only wheel index where it can be reached (asked only when torch must be installed); where it cannot,
+# pip looks in its configured indexes and wheel folders instead of retrying an unreachable index for every package.
+CPU_INDEX = $(shell $(PYTHON) -c "import urllib.request as u; u.urlopen('https://download.pytorch.org/whl/cpu/', \
+	timeout=5)" 2>/dev/null && echo --index-url https://download.pytorch.org/whl/cpu)
 TORCH_SPEC ?= torch==2.13.0 $(if $(shell command -v nvidia-smi 2>/dev/null),,$(CPU_INDEX))
 BIN := $(VENV)/bin
 DEMO := demo
