@@ -104,16 +104,17 @@ def check_meta(meta: Any, where: str | Path) -> None:
     if not isinstance(splits, dict) or not splits:
         fail(f"'splits' must be a non-empty object of split name -> file, got {_shown(splits)}")
     for name, split in splits.items():
+        key = f"splits.{name}" if name.isprintable() and name.strip() == name and name else f"splits[{_shown(name)}]"
         if not isinstance(split, dict):
-            fail(f"splits.{name} must be an object, got {_shown(split)}")
+            fail(f"{key} must be an object, got {_shown(split)}")
         file = split.get("file")
         if not _text(file) or Path(file).is_absolute() or ".." in Path(file).parts or "\\" in file:
-            fail(f"splits.{name}.file must be a file name inside the dataset directory, got {_shown(file)}")
+            fail(f"{key}.file must be a file name inside the dataset directory, got {_shown(file)}")
         rows = split.get("rows")
         if not _integer(rows, 0, 2**63 - 1):
-            fail(f"splits.{name}.rows must be an integer >= 0, got {_shown(rows)}")
+            fail(f"{key}.rows must be an integer >= 0, got {_shown(rows)}")
         if not _integer(split.get("positives", 0), 0, rows):
-            fail(f"splits.{name}.positives must be an integer in [0, rows], got {_shown(split.get('positives'))}")
+            fail(f"{key}.positives must be an integer in [0, rows], got {_shown(split.get('positives'))}")
     if not isinstance(meta.get("input_hash", ""), str | None):
         fail(f"'input_hash' must be a string, got {_shown(meta.get('input_hash'))}")
 
