@@ -121,6 +121,29 @@ def train_step(model: torch.nn.Module, optimizer: TrainOptimizer, ids: torch.Ten
     return loss.item()
 
 
+class OneShape(torch.nn.Module):
+    """``torch.compile`` of ``module`` (static shapes) for batches as long as the first batch it is called with, and
+    ``module`` itself, eagerly, for any other length (an epoch's or a streamed chunk's last, shorter batch).
+
+    The compiled step keeps one shape, so it compiles once per process instead of again for the partial batch
+    (and then once more with a dynamic batch dimension, torch's default on a second shape); the partial batch
+    computes the same loss and gradient as it would compiled, without padding rows into the optimizer's view.
+    ``module`` (ids int [B, F] -> logits [B]) is a :class:`CTRModel` or what :meth:`SingleProcess.wrap` made of it.
+    """
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.eager = module
+        # torch's stubs type the result as a plain callable; compiling a Module gives an OptimizedModule (a Module)
+        self.compiled = cast(torch.nn.Module, torch.compile(module, dynamic=False))
+        self.rows: int | None = None  # the batch length the compiled step takes
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.rows is None:
+            self.rows = len(ids)
+        return (self.compiled if len(ids) == self.rows else self.eager)(ids)
+
+
 class Diverged(UserError):
     """The training loss became NaN or infinite, or rose far above its starting value (see :class:`LossGuard`)."""
 
@@ -321,8 +344,7 @@ def train(
         history, best_state = list(resume["history"]), resume["state_dict"]
     trainer = parallel.wrap(model)
     if config["compile"]:  # the training steps only: evaluation and snapshots run the model as it is
-        # torch's stubs type the result as a plain callable; compiling a Module gives an OptimizedModule (a Module)
-        trainer = cast(torch.nn.Module, torch.compile(trainer))
+        trainer = OneShape(trainer)
 
     def run_checkpoint(test: dict[str, float] | None = None) -> dict[str, Any]:
         return checkpoint.ctr_run(config, meta, best_state, history, data_dir, progress.best_epoch, test)
