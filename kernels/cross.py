@@ -1,5 +1,7 @@
 """DCNv2 cross layer: x_{l+1} = x0 * (x_l W^T + b) + x_l.
 
+CPU path: the same products and elementwise steps in PyTorch ops (:func:`cross_layer_reference`).
+
 Triton path: the GEMM h = x W^T + b runs on cuBLAS (``torch.addmm``); one elementwise Triton epilogue forms
 ``x0 * h + x``. Under ``torch.no_grad()`` the epilogue writes the output over h (no pre-activation is kept); with
 gradients h is saved. Backward, with g = dL/dout: one elementwise kernel forms dh = g * x0 and dx0 = g * h, then
@@ -18,8 +20,32 @@ BLOCK = 1024
 
 
 def cross_layer_reference(x0: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """[B, K] from x0, x [B, K], weight [K, K], bias [K]."""
-    return x0 * torch.addmm(bias, x, weight.t()) + x
+    """[B, K] from x0, x [B, K], weight [K, K], bias [K] in PyTorch ops (what CPU tensors run)."""
+    return _CrossLayerReference.apply(x0, x, weight, bias)
+
+
+class _CrossLayerReference(torch.autograd.Function):
+    """out = x0 * h + x with h = x W^T + b in one ``addcmul``; backward dh = g * x0, dx0 = g * h and dx = dh W + g
+    in one ``addmm`` (the residual's gradient added by the GEMM, not by a separate pass), dW = dh^T x,
+    db = sum_b dh."""
+
+    @staticmethod
+    def forward(ctx, x0, x, weight, bias):
+        h = torch.addmm(bias, x, weight.t())
+        ctx.save_for_backward(x0, x, weight, h)
+        return torch.addcmul(x, x0, h)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x0, x, weight, h = ctx.saved_tensors
+        need_x0, need_x, need_w, need_b = ctx.needs_input_grad
+        dh = grad * x0 if need_x or need_w or need_b else None
+        return (
+            grad * h if need_x0 else None,
+            torch.addmm(grad, dh, weight) if need_x else None,
+            dh.t().mm(x) if need_w else None,
+            dh.sum(0) if need_b else None,
+        )
 
 
 @triton.jit

@@ -24,9 +24,24 @@ BLOCK_B = 32
 
 
 def bi_interaction_reference(E: torch.Tensor) -> torch.Tensor:
-    """p [B, d] from E [B, F, d]."""
-    total = E.sum(dim=1)
-    return 0.5 * (total * total - (E * E).sum(dim=1))
+    """p [B, d] from E [B, F, d] in PyTorch ops (what CPU tensors run), backward by the algebra."""
+    return _BiInteractionReference.apply(E)
+
+
+class _BiInteractionReference(torch.autograd.Function):
+    """p = 0.5 * (s^2 - sum_f e_f^2) with s = sum_f e_f [B, d]; backward dp/de_f = g * (s - e_f) as one pass over
+    E (``addcmul``), where autograd of the forward's ops makes about six passes over [B, F, d]."""
+
+    @staticmethod
+    def forward(ctx, E):
+        s = E.sum(dim=1)
+        ctx.save_for_backward(E, s)
+        return (s * s - (E * E).sum(dim=1)).mul_(0.5)
+
+    @staticmethod
+    def backward(ctx, grad):
+        E, s = ctx.saved_tensors
+        return torch.addcmul((s * grad)[:, None], E, grad[:, None], value=-1)
 
 
 @triton.jit
