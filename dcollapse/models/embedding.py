@@ -77,6 +77,7 @@ class FieldEmbedding(nn.Module):
             if field_values.shape != (vocab_sizes[f],):
                 raise ValueError(f"field {f}: {field_values.shape} scalar values for {vocab_sizes[f]} ids")
             table_of_values[k, : vocab_sizes[f]] = torch.from_numpy(field_values)
+        self.scalar = scalar  # the scalar fields as a list (the buffer below indexes on the table's device)
         # Derived from meta.json (not saved in checkpoints, so old checkpoints load unchanged).
         self.register_buffer("scalar_fields", torch.tensor(scalar, dtype=torch.int64), persistent=False)
         self.register_buffer("scalar_values", table_of_values, persistent=False)
@@ -85,13 +86,13 @@ class FieldEmbedding(nn.Module):
     @property
     def has_scalar(self) -> bool:
         """Whether some field is embedded as one vector times its value."""
-        return self.scalar_fields.numel() > 0
+        return bool(self.scalar)
 
     @torch.no_grad()
     def zero_unused_rows(self) -> None:
         """Set the rows that no id reads (a scalar field's rows after its first) to zero."""
-        for f in self.scalar_fields.tolist():
-            start = int(self.offsets[f])
+        for f in self.scalar:
+            start = sum(self.vocab_sizes[:f])
             self.table[start + 1 : start + self.vocab_sizes[f]] = 0.0
 
     def update_for(self, table: torch.Tensor) -> RowOptimizer | None:
@@ -126,9 +127,8 @@ class FieldEmbedding(nn.Module):
         a view of ``table`` for a categorical field; for a scalar field, values[:, None] * its one row (rank 1)."""
         start = int(self.offsets[field])
         rows = self.table[start : start + self.vocab_sizes[field]]
-        scalar = (self.scalar_fields == field).nonzero()
-        if scalar.numel():
-            k = int(scalar[0, 0])
+        if field in self.scalar:
+            k = self.scalar.index(field)
             rows = self.scalar_values[k, : self.vocab_sizes[field], None].to(rows.dtype) * rows[:1]
         if embedding_set is None:
             return rows
