@@ -194,7 +194,8 @@ def main() -> None:
         for chain in CHAINS for d, grid, recipe, seeds in chain
     ]  # fmt: skip
     machine = f"{os.cpu_count()}-core {platform.machine()} CPU, no GPU, torch {torch.__version__}"
-    write_results(ROOT, WORK, DOCS, IMG, sweeps, timing, machine, len(CHAINS))
+    chains = [[sweep_name(*sweep[:3]) for sweep in chain] for chain in CHAINS]
+    write_results(ROOT, WORK, DOCS, IMG, sweeps, timing, machine, chains)
 
 
 if __name__ == "__main__":
