@@ -15,6 +15,9 @@ ms (1.0: the variant does nothing but those products, at the loop's speed):
 - ``mlp``: the model's DNN alone, forward + backward from a fixed input [B, F * d] that needs a gradient;
 - ``dense``: the whole network after the embedding lookup, ``forward_from_embeddings`` on a fixed E [B, F, d]
   that needs a gradient, BCE, backward, the dense optimizer's step (fused Adam) and ``zero_grad``;
+- ``ceiling + elementwise floor``: the ceiling plus the elementwise passes an eager step cannot avoid (ReLU
+  forward and backward, bias gradients, the FM interaction, the cross layers' products), each timed alone as one
+  op (:func:`floor_step`): the best fraction an eager step can reach;
 - ``step``: the full training step of ``dcollapse.train.train_step`` (lookup, network, table gradient and
   update included) on Criteo-shaped ids with ``--rows-per-field`` rows in each of the 26 large fields.
 
@@ -83,6 +86,35 @@ def ceiling_step(shapes: list[tuple[int, int]], batch: int) -> Callable[[], None
             torch.mm(x, w.t())
             torch.mm(g, w)
             torch.mm(g.t(), x)
+
+    return run
+
+
+def floor_step(model: CTRModel, batch: int) -> Callable[[], None]:
+    """The elementwise passes no eager PyTorch step of the model avoids, each as one op on its shapes: per DNN
+    layer [B, out] the ReLU forward, its backward and the bias gradient; FM (DeepFM) the bi-interaction's forward
+    sums and one-pass backward over E [B, F, d] and the sum of E's two gradients (FM and DNN branches); per cross
+    layer [B, K] its addcmul forward, the two products of its backward, the bias gradient and the accumulation of
+    x0's gradient."""
+    ops: list[Callable[[], object]] = []
+    for lin in model.mlp_linears():
+        z, g = torch.randn(batch, lin.out_features), torch.randn(batch, lin.out_features)
+        ops += [lambda z=z: torch.relu(z), lambda z=z, g=g: torch.ops.aten.threshold_backward(g, z, 0.0)]
+        ops += [lambda g=g: g.sum(0)]
+    if isinstance(model.interaction, CrossNet):
+        K = model.interaction.out_dim
+        a, b, c = torch.randn(batch, K), torch.randn(batch, K), torch.randn(batch, K)
+        for _ in range(sum(len(layers) for layers in model.interaction.sets)):
+            ops += [lambda: torch.addcmul(a, b, c), lambda: a * b, lambda: a * c, lambda: a.sum(0), lambda: b + c]
+    else:
+        E, g = torch.randn(batch, FIELDS, model.embedding.d_total), torch.randn(batch, model.embedding.d_total)
+        s = E.sum(1)
+        ops += [lambda: E.sum(1), lambda: (E * E).sum(1), lambda: torch.addcmul((s * g)[:, None], E, g[:, None])]
+        ops += [lambda: E + E]
+
+    def run() -> None:
+        for op in ops:
+            op()
 
     return run
 
@@ -193,6 +225,7 @@ def ceiling_mode(args) -> list[dict]:
             mlp_flops[name] = sum(6 * batch * i * o for i, o in gemm_shapes(model, mlp_only=True))
             variants[f"{name} ceiling"] = ceiling_step(shapes, batch)
             variants[f"{name} mlp ceiling"] = ceiling_step(gemm_shapes(model, mlp_only=True), batch)
+            variants[f"{name} floor"] = floor_step(model, batch)
             assert model.mlp is not None
             variants[f"{name} mlp"] = mlp_steps(model.mlp, model.mlp_linears()[0].in_features, batch)
             variants[f"{name} dense"] = dense_steps(model, optimizer, batch)
@@ -207,6 +240,11 @@ def ceiling_mode(args) -> list[dict]:
         print("| model | variant | ms/step | GEMM GFLOP/s | fraction of ceiling |")
         print("|---|---|---:|---:|---:|")
         for name in args.models:
+            floor = times[f"{name} floor"]
+            bound = times[f"{name} ceiling"] / (times[f"{name} ceiling"] + floor)
+            print(f"| {name} | ceiling + elementwise floor | {(times[f'{name} ceiling'] + floor) * 1e3:.1f} "
+                  f"| {flops[name] / (times[f'{name} ceiling'] + floor) / 1e9:.1f} | {bound:.2f} |")  # fmt: skip
+            results.append({"mode": "ceiling", "batch": batch, "model": name, "variant": "bound", "fraction": bound})
             for part in ("ceiling", "dense", "step", "mlp ceiling", "mlp"):
                 t = times[f"{name} {part}"]
                 ceiling = times[f"{name} mlp ceiling" if part.startswith("mlp") else f"{name} ceiling"]
