@@ -139,22 +139,43 @@ def field_op(launch, forward_kernel, backward_kernel, out_width) -> type[torch.a
     return FieldOp
 
 
+MARK_ROWS_PER_ID = 8  # distinct_rows marks a [V] mask instead of sorting while V <= this many times N
+
+
+def distinct_rows(rows: torch.Tensor, num_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the distinct values of ``rows`` int64 [N] < ``num_rows``, sorted, int64 [U]; each row's position among
+    them, int64 [N]), as ``torch.unique(rows, return_inverse=True)``.
+
+    On the CPU a table of up to :data:`MARK_ROWS_PER_ID` x N rows marks the rows read in a [V] mask (no sort:
+    about 7x faster than the sort for V = 10^4-10^5 and N = 4096 x 39 Zipf ids, 1.5x at V = 10^6, one thread);
+    larger tables (and CUDA tensors) sort, as int32 when the table allows (about 2x faster than int64).
+    """
+    if not rows.is_cuda and rows.numel() and num_rows <= MARK_ROWS_PER_ID * rows.numel():
+        mark = torch.zeros(num_rows, dtype=torch.bool, device=rows.device).index_fill_(0, rows, True)
+        unique = mark.nonzero().squeeze(1)
+        position = torch.empty(num_rows, dtype=torch.int64, device=rows.device)
+        position[unique] = torch.arange(len(unique), device=rows.device)
+        return unique, position.index_select(0, rows)
+    narrow = rows.int() if num_rows <= torch.iinfo(torch.int32).max else rows
+    unique, inverse = torch.unique(narrow, return_inverse=True)
+    return unique.long(), inverse
+
+
 class _SparseLookup(torch.autograd.Function):
     """E [N, d] = table[rows] for rows int64 [N]; the table gradient is a sparse COO tensor [V, d] holding one
     row per distinct id (sorted, U <= N rows), or with ``update`` none: the distinct rows are updated in place
     from their summed gradients (the reference path of the in-backward update).
 
-    The distinct rows are found once in forward (a sort of the N ids, as int32 when the table allows: about 2x
-    faster) and the row gradients summed per distinct row in backward. ``F.embedding(..., sparse=True)`` instead
-    returns all N rows, and the sparse optimizer's ``coalesce()`` of them costs several times more on the CPU
-    (N = 4096 x 39 Criteo-shaped ids, one CPU thread: about 20 ms to coalesce vs 4 ms to sort the int32 ids).
+    The distinct rows are found once in forward (:func:`distinct_rows`) and the row gradients summed per distinct
+    row in backward. ``F.embedding(..., sparse=True)`` instead returns all N rows, and the sparse optimizer's
+    ``coalesce()`` of them costs several times more on the CPU (N = 4096 x 39 Criteo-shaped ids, one CPU thread:
+    about 20 ms to coalesce vs 4 ms to sort the int32 ids).
     """
 
     @staticmethod
     def forward(ctx, table, rows, update):
-        narrow = rows.int() if table.shape[0] <= torch.iinfo(torch.int32).max else rows
-        unique, inverse = torch.unique(narrow, return_inverse=True)
-        ctx.save_for_backward(unique.long(), inverse)
+        unique, inverse = distinct_rows(rows, table.shape[0])
+        ctx.save_for_backward(unique, inverse)
         ctx.table_shape, ctx.update = table.shape, update
         return table.index_select(0, rows)
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dcollapse.kernels import bi_interaction, cross_layer, fused_bi_interaction
+from dcollapse.kernels import bi_interaction, cross_layer, fused_bi_interaction, lookup
+from dcollapse.kernels.lookup import distinct_rows
 
 
 @pytest.fixture(autouse=True)
@@ -75,3 +76,32 @@ def test_cross_layer_cpu_path_same_input_twice_and_frozen_weights():
     x0 = torch.randn(6, 12, dtype=torch.float64, generator=gen).requires_grad_()
     weight, bias = torch.randn(12, 12, dtype=torch.float64, generator=gen), torch.randn(12, dtype=torch.float64)
     check(lambda a: cross_layer(a, a, weight, bias), lambda a: cross64(a, a, weight, bias), [x0], 1e-12)
+
+
+@pytest.mark.parametrize("num_rows", [50, 100_000])  # the mask (V <= 8 N) and the sort
+def test_distinct_rows_is_torch_unique(num_rows):
+    rows = torch.randint(0, num_rows, (400,), generator=torch.Generator().manual_seed(num_rows))
+    rows[:10] = num_rows - 1  # a hot row, and the last row of the table
+    unique, inverse = distinct_rows(rows, num_rows)
+    expected, expected_inverse = torch.unique(rows, return_inverse=True)
+    assert unique.dtype == inverse.dtype == torch.int64
+    assert torch.equal(unique, expected) and torch.equal(inverse, expected_inverse)
+    empty = distinct_rows(rows[:0], num_rows)
+    assert empty[0].numel() == empty[1].numel() == 0
+
+
+def test_sparse_lookup_on_a_small_table_sums_duplicate_rows():
+    """The mask path of the sparse lookup: the table gradient's rows are the distinct rows read, each the sum of
+    its reads' gradients (float64 reference by explicit indexing)."""
+    gen = torch.Generator().manual_seed(2)
+    table = torch.randn(6, 3, dtype=torch.float64, generator=gen).requires_grad_()
+    ids, offsets = torch.tensor([[0, 1], [0, 2], [1, 2]]), torch.tensor([0, 3])
+    weight = torch.randn(3, 2, 3, dtype=torch.float64, generator=gen)
+    (lookup(table, ids, offsets, sparse=True) * weight).sum().backward()
+    grad = table.grad.coalesce()
+    assert grad.indices()[0].tolist() == [0, 1, 4, 5]
+    expected = torch.zeros(6, 3, dtype=torch.float64)
+    for b in range(3):
+        for f in range(2):
+            expected[offsets[f] + ids[b, f]] += weight[b, f]
+    torch.testing.assert_close(grad.to_dense(), expected)
