@@ -44,7 +44,7 @@ Peers that are not installed are left out (``pip install 'dcollapse[peers]'`` in
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import os
 import sys
 import time
@@ -99,8 +99,14 @@ class Contender:
 
 
 def available(library: str) -> bool:
-    """Whether ``library`` can be benchmarked here (the peers are optional)."""
-    return library not in PEERS or importlib.util.find_spec(PEERS[library]) is not None
+    """Whether ``library`` can be benchmarked here: the peers are optional, and must import."""
+    if library not in PEERS:
+        return True
+    try:
+        importlib.import_module(PEERS[library])
+    except ImportError:
+        return False
+    return True
 
 
 def deepctr_inputs(ids: torch.Tensor) -> torch.Tensor:
@@ -299,7 +305,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         libraries = [lib for lib in LIBRARIES if available(lib)]
         for lib in LIBRARIES:
             if not available(lib):
-                print(f"# {lib}: not installed, left out (pip install 'dcollapse[peers]')")
+                print(f"# {lib}: not installed or not importable, left out (pip install 'dcollapse[peers]')")
     else:
         libraries = args.libraries.split(",")
         unknown = [lib for lib in libraries if lib not in LIBRARIES]
@@ -307,7 +313,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
             parser.error(f"--libraries: comma list starting with dcollapse, from {', '.join(LIBRARIES)}")
         missing = [lib for lib in libraries if not available(lib)]
         if missing:
-            raise UserError(f"{', '.join(missing)} not installed: pip install 'dcollapse[peers]'")
+            raise UserError(f"{', '.join(missing)}: not installed or not importable (pip install 'dcollapse[peers]')")
     torch.set_num_threads(args.threads)
 
     meta = load_meta(args.data)
