@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from dcollapse.cli.app import app
 from dcollapse.data.dataset import check_meta, load_split
+from dcollapse.diagnostics.field_players import field_inputs
 from dcollapse.errors import UserError
 from dcollapse.models.embedding import FusedTableOptimizer
 from dcollapse.models.model import build_model
@@ -269,6 +270,18 @@ def test_textbook_first_order_term_is_weight_times_value():
     n = ids.numpy()
     want = w[n[:, 0]] + values_of(n[:, 1]) * w[6] + w[6 + LEVELS + 3 + n[:, 2]]
     np.testing.assert_allclose(model.first_order_logit(ids).detach().numpy(), want, rtol=1e-12)
+
+
+def test_interactions_read_the_first_order_term_of_a_scalar_field_as_weight_times_value():
+    meta = scalar_meta([6, 0, 9], [1])
+    model = build_model({"model": "fm", "style": "textbook", "emb_dim": 4}, meta).double()
+    with torch.no_grad():
+        model.first_order.normal_()
+    ids = random_ids(meta, 10, 2)
+    w, n = model.first_order.detach().numpy()[:, 0], ids.numpy()
+    first = field_inputs(model, ids).first_order.numpy()
+    np.testing.assert_allclose(first[:, 1], values_of(n[:, 1]) * w[6], rtol=1e-12)
+    np.testing.assert_allclose(first[:, 0], w[n[:, 0]], rtol=1e-12)
 
 
 def fm_closed_form(table: np.ndarray, meta: dict, ids: np.ndarray, labels: np.ndarray):

@@ -15,7 +15,6 @@ import torch
 from dcollapse.diagnostics import harsanyi as H
 from dcollapse.diagnostics.agop import agop
 from dcollapse.errors import UserError
-from dcollapse.kernels import lookup
 
 if TYPE_CHECKING:
     from dcollapse.models.model import CTRModel
@@ -46,7 +45,7 @@ def field_inputs(model: CTRModel, ids: torch.Tensor) -> FieldInputs:
         if first_order is None:
             first = emb.new_zeros(emb.shape[:2])
         else:
-            first = lookup(first_order, ids, model.embedding.offsets)[..., 0]
+            first = model.embedding.read(first_order, ids)[..., 0]  # a scalar field: weight x value
     return FieldInputs(emb, first)
 
 
