@@ -47,7 +47,8 @@ def collapse_snapshot(model: CTRModel, batch: Split, track: Sequence[str] = ()) 
     """RankMe of Z = flat embeddings [B, F*d_total] of the fixed batch (ids [B, F], labels [B]), per-field
     information abundance of each field's table [V_f, d_total] (its mean over fields as ``mean_ia``), and the extra
     diagnostics named in ``track`` (see ``TRACKABLE``) on the same embeddings."""
-    E = torch.cat([model.embed(batch.ids[i : i + EVAL_BATCH]) for i in range(0, len(batch), EVAL_BATCH)])
+    chunks = [model.embed(batch.ids[i : i + EVAL_BATCH]) for i in range(0, len(batch), EVAL_BATCH)]
+    E = chunks[0] if len(chunks) == 1 else torch.cat(chunks)  # [B, F, d_total]; one chunk is not copied
     spectra = field_singular_values(model.embedding.table, model.embedding.offsets)  # [F, d_total]
     field_ia = [information_abundance(s) for s in spectra]
     snapshot = {

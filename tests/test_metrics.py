@@ -16,7 +16,7 @@ from dcollapse.metrics.collapse import (
     gradient_spectra,
     matrix_spectra,
 )
-from dcollapse.metrics.spectrum import SpectrumStats, field_singular_values
+from dcollapse.metrics.spectrum import GRAM_COLUMNS, SpectrumStats, field_singular_values, gram, singular_values
 
 
 def numpy_metrics(matrix: np.ndarray) -> dict[str, float]:
@@ -69,6 +69,22 @@ def test_field_spectra_match_per_field_numpy_svd():
         # Gram + eigvalsh in float64 keeps ~1e-16 * (s1/si)^2 relative error: tiny down to s/s1 = 1e-6.
         assert_matches(r.spectrum, numpy_metrics(block), rtol=1e-7)
         assert len(r.spectrum.normalized) == min(block.shape)
+
+
+def test_gram_of_row_chunks_and_upper_blocks_is_the_float64_product():
+    """Columns over several GRAM_COLUMNS blocks (the last one narrower), rows over several chunks (the last short):
+    the mirrored upper triangle equals numpy's float64 X^T X; a wide matrix's spectrum takes the Gram of X^T."""
+    rng = np.random.default_rng(3)
+    cols = 2 * GRAM_COLUMNS + 37
+    x = (rng.standard_normal((301, cols)) * rng.uniform(0.01, 5.0, cols)).astype(np.float32)
+    want = x.astype(np.float64).T @ x.astype(np.float64)
+    got = gram(torch.from_numpy(x), chunk_rows=64)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-12, atol=1e-12 * np.abs(want).max())
+    tall = decaying_matrix(rng, 400, 40).astype(np.float32)  # rows >= TALL * cols: the Gram path, both ways
+    for matrix in (tall, tall.T):
+        s = singular_values(torch.from_numpy(np.ascontiguousarray(matrix)))
+        want_s = np.linalg.svd(matrix.astype(np.float64), compute_uv=False)
+        np.testing.assert_allclose(s.numpy() / s[0].item(), want_s / want_s[0], rtol=1e-3, atol=1e-7)  # Gram floor
 
 
 def test_field_singular_values_chunking_and_padding():
