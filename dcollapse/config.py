@@ -154,7 +154,7 @@ class TrainConfig:
         False,
         "Sparse table gradients: update only the embedding rows each batch reads. Pays only on large tables: "
         "on one CPU thread (FM, batch 4096, 39 fields) it was slower than the default up to about 3e5 table rows and "
-        "1.3x / 3.5x faster at 1e6 / 3e6; --fused-update was as fast or faster at every size (docs/benchmarks.md). "
+        "1.3x / 3.5x faster at 1e6 / 3e6; --fused-update beat it at every size (docs/benchmarks.md). "
         "With --optimizer adam the tables use lazy Adam (torch SparseAdam: moments of absent rows are not decayed), "
         "which is NOT the paper's dense Adam; adagrad and sgd give the dense result. One process only. "
         "Default: dense.",
