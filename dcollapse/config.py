@@ -169,8 +169,10 @@ class TrainConfig:
     )
     compile: bool = option(
         False,
-        "torch.compile the training steps (fused C++ loops on the CPU; the first steps compile for seconds "
-        "and need a C++ compiler). Same math, float rounding may differ. Default: off.",
+        "torch.compile the training step (Inductor's fused C++ loops on the CPU; needs a C++ compiler, g++). It "
+        "compiles once, for the batch size, in the first steps (seconds to a minute); an epoch's shorter last batch "
+        "runs eagerly. Pays on the CPU for models with a DNN (DeepFM, DCNv2), not for FM without one or for tiny "
+        "tables (docs/benchmarks.md). Same math, float rounding may differ. Default: off.",
         SPEED,
     )
     device: str = option("auto", "cpu | cuda | auto.", SPEED, "NAME", choices=("auto", "cpu", "cuda"))
