@@ -22,7 +22,7 @@ The block: ``"scalar": {"levels": int, "transform": "log1p", "min": float, "max"
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -279,7 +279,8 @@ def write_dataset(
     overwrite: bool = False,
     extra_files: Mapping[str, Callable[[Path], Any]] | None = None,
     drop_empty: bool = False,
-    extra: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | Callable[[list[pl.DataFrame]], Mapping[str, Any]] | None = None,
+    queries: Sequence[pl.LazyFrame] = (),
 ) -> dict[str, Any]:
     """Write ``splits`` (frames with an int32 column per field and a ``label`` column) as a dataset dir, atomically.
 
@@ -287,7 +288,9 @@ def write_dataset(
     ``encoding`` and ``scalar`` keys are kept);
     ``extra_files``: ``{file name: writer(path)}`` for additional files inside the directory; ``drop_empty``: leave out
     splits without rows (a missing or empty ``train`` split is then an error); ``extra``: more ``meta.json`` keys (the
-    preprocess job adds ``columns``, how each csv/parquet input column was used, and ``notes``).
+    preprocess job adds ``columns``, how each csv/parquet input column was used, and ``notes``), or a function of the
+    results of ``queries``: more lazy queries collected in the same streaming run as the splits (an input they share
+    with the splits is read once).
     Returns the ``meta.json`` dict.
     """
     names = [f["name"] for f in fields]
@@ -299,7 +302,7 @@ def write_dataset(
             .sink_parquet(tmp / f"{split}.parquet", row_group_size=65536, engine="streaming", lazy=True)
             for split, frame in splits.items()
         ]
-        pl.collect_all(sinks, engine="streaming")
+        results = pl.collect_all([*sinks, *queries], engine="streaming")[len(sinks) :]
         split_meta = {}
         for split in splits:
             counts = pl.scan_parquet(tmp / f"{split}.parquet").select(
@@ -337,7 +340,7 @@ def write_dataset(
             "input_hash": input_hash,
             "dcollapse_version": __version__,
             "skipped_rows": int(skipped_rows),
-            **(extra or {}),
+            **(extra(results) if callable(extra) else extra or {}),
         }
         for file_name, writer in (extra_files or {}).items():
             writer(tmp / file_name)

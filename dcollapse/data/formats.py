@@ -13,8 +13,8 @@ malformed row is detected and located exactly (wrong column count, non-numeric v
 loop over rows. Limitation: CSV fields that contain the separator inside quotes are not supported (such a row is
 reported as having the wrong number of columns); surrounding double quotes are removed from values.
 
-A well-formed Criteo file can also be read by :func:`criteo_native` (Polars' multi-threaded CSV reader, categorical
-columns straight into ``pl.Categorical``); the caller falls back to :func:`read` for any file it cannot prove good
+A well-formed Criteo file can also be read by :func:`criteo_native` (Polars' multi-threaded CSV reader); the caller
+falls back to :func:`read` for any file it cannot prove good
 (:func:`criteo_bytes_ok`).
 """
 
@@ -464,9 +464,10 @@ def _criteo(paths: list[Path], opts: dict[str, Any]) -> Source:
     return out.source(fields, paths)
 
 
-def criteo_native(path: Path, categories: Mapping[str, pl.Categories]) -> pl.LazyFrame:
-    """Fast reader of a well-formed Criteo file: Polars' native multi-threaded CSV reader, categorical columns read
-    straight into ``pl.Categorical(categories[name])``; the same columns (and line numbers) as :func:`read`.
+def criteo_native(path: Path) -> pl.LazyFrame:
+    """Fast reader of a well-formed Criteo file: Polars' native multi-threaded CSV reader; the same columns (and line
+    numbers) as :func:`read`. Categorical columns are read as String (the caller's cast to ``pl.Categorical`` after
+    the row hash took 1/3 less time than reading them as ``pl.Categorical`` and casting back to String to hash).
 
     It proves less than :func:`read`: a row with more than 40 fields or a field it cannot parse is an error, a bad
     label sets ``__bad``, but a short row reads as missing values and a CR stays in the last token. The caller
@@ -476,7 +477,7 @@ def criteo_native(path: Path, categories: Mapping[str, pl.Categories]) -> pl.Laz
     schema: dict[str, pl.DataType] = {
         "__label": pl.String(),
         **dict.fromkeys(CRITEO_NUMERIC, pl.Float64()),
-        **{c: pl.Categorical(categories[c]) for c in CRITEO_CATEGORICAL},
+        **dict.fromkeys(CRITEO_CATEGORICAL, pl.String()),
     }
     lf = pl.scan_csv(
         path, separator="\t", has_header=False, schema=schema, quote_char=None, row_index_name=LINE, row_index_offset=1

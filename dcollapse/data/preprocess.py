@@ -162,8 +162,6 @@ def preprocess(
             pl.col(SPLIT),
         )  # fmt: skip
         parts = {s: encoded.filter(pl.col(SPLIT) == SPLIT_CODES[s]) for s in _split_names(opts)}
-        oov_share, constant = polars_job(lambda: _field_checks(encoded, names), source.files)
-        notes += _field_warnings(oov_share, constant)
         transform_doc = {
             "options": asdict(opts),
             "numeric_edges": numeric_edges,
@@ -191,10 +189,10 @@ def preprocess(
                     TRANSFORM_FILE: lambda p: p.write_text(json.dumps(transform_doc, indent=2) + "\n"),
                 },
                 drop_empty=True,
-                extra={
+                queries=[_field_checks(encoded, names)],  # read with the splits, not in a pass of its own
+                extra=lambda results: {
                     "columns": [asdict(c) for c in source.columns],
-                    "notes": notes,
-                    "oov_share": oov_share,
+                    **_field_notes(results[0], names, notes),
                     **vocabulary,
                 },  # fmt: skip
             ),
@@ -203,30 +201,35 @@ def preprocess(
         )
 
 
-def _field_checks(encoded: pl.LazyFrame, names: list[str]) -> tuple[dict[str, dict[str, float]], list[str]]:
-    """({split: {field: share of its rows with the OOV id}} for valid and test, the fields with one id in train)."""
-    by_split = encoded.group_by(SPLIT).agg(
+def _field_checks(encoded: pl.LazyFrame, names: list[str]) -> pl.LazyFrame:
+    """Per split code: the share of each field's rows with the OOV id (``oov <name>``) and its smallest and largest
+    id (``min <name>``, ``max <name>``; ids are never null, so one id iff they agree; n_unique took longer)."""
+    return encoded.group_by(SPLIT).agg(
         *[(pl.col(n) == OOV_ID).mean().alias(f"oov {n}") for n in names],
-        *[pl.col(n).n_unique().alias(f"ids {n}") for n in names],
-    ).collect(engine="streaming")  # fmt: skip
+        *[pl.col(n).min().alias(f"min {n}") for n in names],
+        *[pl.col(n).max().alias(f"max {n}") for n in names],
+    )
+
+
+def _field_notes(by_split: pl.DataFrame, names: list[str], notes: list[str]) -> dict[str, Any]:
+    """``notes`` and ``oov_share`` of ``meta.json`` from :func:`_field_checks`' result: ``{split: {field: share of
+    its rows with the OOV id}}`` for valid and test, and a warning note for a field with one id in train or a high
+    OOV share."""
     rows = {row[SPLIT]: row for row in by_split.iter_rows(named=True)}
     oov = {split: {n: float(rows[code][f"oov {n}"]) for n in names}
            for split, code in SPLIT_CODES.items() if split != "train" and code in rows}  # fmt: skip
     train = rows.get(SPLIT_CODES["train"])
-    return oov, [n for n in names if train is not None and train[f"ids {n}"] == 1]
-
-
-def _field_warnings(oov_share: dict[str, dict[str, float]], constant: list[str]) -> list[str]:
-    """The warning notes of :func:`_field_checks`' results."""
-    notes = [f"warning: field {n} is constant in the train split (one id): it cannot tell rows apart" for n in constant]
-    high = [f"{n} {share:.0%} ({split})" for split, shares in oov_share.items() for n, share in shares.items()
+    constant = [n for n in names if train is not None and train[f"min {n}"] == train[f"max {n}"]]
+    warnings = [f"warning: field {n} is constant in the train split (one id): it cannot tell rows apart"
+                for n in constant]  # fmt: skip
+    high = [f"{n} {share:.0%} ({split})" for split, shares in oov.items() for n, share in shares.items()
             if share > OOV_WARN_SHARE]  # fmt: skip
     if high:
-        notes.append(
+        warnings.append(
             f"warning: over {OOV_WARN_SHARE:.0%} of the rows map to the OOV id (unseen in train, or rarer than "
             f"--min-count there; they all share one embedding row) in: {', '.join(high)}"
         )
-    return notes
+    return {"notes": notes + warnings, "oov_share": oov}
 
 
 def _parse_checked(source: formats.Source, opts: Options, rows_file: Path) -> tuple[Codes, pl.DataFrame, pl.DataFrame]:
@@ -243,7 +246,7 @@ def _parse_fast(
     if opts.format != "criteo":
         return None
     codes = Codes(source)
-    native = replace(source, frames=[formats.criteo_native(path, codes.categories) for path in source.files])
+    native = replace(source, frames=[formats.criteo_native(path) for path in source.files])
     try:
         per_file, bad = _parse(codes.encode(_combine(native, opts)), rows_file)
     except pl.exceptions.PolarsError:  # a field the native reader cannot parse, or a row with too many fields
