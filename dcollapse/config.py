@@ -171,8 +171,10 @@ class TrainConfig:
         False,
         "torch.compile the training step (Inductor's fused C++ loops on the CPU; needs a C++ compiler, g++). It "
         "compiles once, for the batch size, in the first steps (seconds to a minute); an epoch's shorter last batch "
-        "runs eagerly. Pays on the CPU for models with a DNN (DeepFM, DCNv2), not for FM without one or for tiny "
-        "tables (docs/benchmarks.md). Same math, float rounding may differ. Default: off.",
+        "runs eagerly. Whether it pays depends on the model, batch size and machine: on the Criteo-shaped CPU "
+        "benchmark it did for FM at batch 4096, not on tiny tables, and at batch 1024 the runs disagreed "
+        "(docs/benchmarks.md); time yours with scripts/bench_train.py. Same math, float rounding may differ. "
+        "Default: off.",
         SPEED,
     )
     device: str = option("auto", "cpu | cuda | auto.", SPEED, "NAME", choices=("auto", "cpu", "cuda"))
