@@ -264,12 +264,15 @@ def _parse(rows: pl.LazyFrame, rows_file: Path) -> tuple[pl.DataFrame, pl.DataFr
     """Stream the parsed ``rows`` into ``rows_file``; return the rows per file and the bad rows (count, and file,
     line and check code of the first)."""
     # Scratch file, read back a few times: lz4 and no statistics (zstd and statistics cost CPU for no gain here).
-    rows.sink_parquet(rows_file, compression="lz4", statistics=False, row_group_size=65536, engine="streaming")
-    frame = pl.scan_parquet(rows_file)
-    per_file, bad = pl.collect_all(
+    sink = rows.sink_parquet(
+        rows_file, compression="lz4", statistics=False, row_group_size=65536, engine="streaming", lazy=True
+    )
+    # The counts in the same streaming run as the sink (the input is parsed once), not read back from the file.
+    _, per_file, bad = pl.collect_all(
         [
-            frame.group_by(FILE).agg(pl.len().alias("rows")),
-            frame.filter(pl.col(BAD).is_not_null()).select(
+            sink,
+            rows.group_by(FILE).agg(pl.len().alias("rows")),
+            rows.filter(pl.col(BAD).is_not_null()).select(
                 pl.len().alias("bad"), pl.col(FILE).first(), pl.col(LINE).first(), pl.col(BAD).first()
             ),
         ],
