@@ -90,8 +90,8 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
             "failed": [{"name": r["name"], "error": r["error"]} for r in entry["runs"] if r["status"] != "ok"],
             "excluded": [{"name": r["name"], "flags": flags[r["name"]]} for r in finished if r not in runs],
             "flags": {r["name"]: [f["flag"] for f in flags[r["name"]]] for r in finished if flags[r["name"]]},
-            "dataset": runs[0]["dataset"] if runs else None,
-            "metrics_split": runs[0]["metrics_split"] if runs else None,
+            "dataset": finished[0]["dataset"] if finished else None,
+            "metrics_split": finished[0]["metrics_split"] if finished else None,
         }
         for metric in METRICS:
             row[metric] = mean_std([r[metric] for r in runs])
