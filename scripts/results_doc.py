@@ -348,7 +348,10 @@ def write_results(
             lines += [f"RankMe of the same batch at initialization (untrained, seeds 0-2): {text}.", ""]
         if summary["excluded"]:
             lines += ["Left out of the means:", ""]
-            lines += [f"- {ex['name']}: " + "; ".join(f["reason"] for f in ex["flags"]) for ex in summary["excluded"]]
+            for ex in summary["excluded"]:
+                run_ = runs[ex["name"]]
+                why = "; ".join(f["reason"] for f in ex["flags"])
+                lines.append(f"- {ex['name']} (test AUC {run_['auc']:.4f}, best epoch {run_['best_epoch']}): {why}")
             lines += [""]
         images = []
         name = f"{dataset}-{grid}-{recipe}"
