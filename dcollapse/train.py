@@ -113,7 +113,7 @@ def check_world(config: dict[str, Any], world: int) -> None:
 
 def train_step(model: torch.nn.Module, optimizer: TrainOptimizer, ids: torch.Tensor, labels: torch.Tensor) -> float:
     """One optimizer step on a batch (ids int [B, F], labels float [B]); returns the mean BCE loss. ``model`` is a
-    :class:`CTRModel` or what :meth:`SingleProcess.wrap` and ``torch.compile`` made of it (logits [B])."""
+    :class:`CTRModel` or what :meth:`SingleProcess.wrap` and :class:`OneShape` (--compile) made of it (logits [B])."""
     optimizer.zero_grad(set_to_none=True)
     loss = functional.binary_cross_entropy_with_logits(model(ids), labels)
     loss.backward()
