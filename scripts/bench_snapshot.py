@@ -1,7 +1,7 @@
 """The per-epoch collapse snapshot's cost against the training epoch it follows, as ``dcollapse train`` runs them.
 
 Each round trains one epoch (``dcollapse.train.train_epoch``, the model and optimizer of ``dcollapse train``) and
-then times :func:`dcollapse.evaluation.collapse_snapshot` on the fixed validation batch, and its parts: the probe
+then times :func:`dcollapse.evaluation.collapse_snapshot` on the fixed validation batch, twice, and its parts: the probe
 batch's embedding, RankMe's spectrum of Z [B, F*d] and the per-field spectra of the table. Rounds alternate, so both
 see the same load; every row prints the 1-minute load average. Ratios are snapshot / epoch seconds.
 
@@ -61,19 +61,22 @@ def main() -> None:
     print(f"{len(train):,} train rows, table {tuple(table.shape)}, probe {tuple(probe.ids.shape)}, "
           f"{args.threads} thread(s), config {config['model']}/{config['arch']} batch {args.batch_size}"
           f"{' fused-update' if args.fused_update else ''}{' sparse-emb' if args.sparse_emb else ''}")  # fmt: skip
-    print("round | load | epoch s | snapshot s | ratio | embed s | RankMe spectrum s | field spectra s")
+    print("round | load | epoch s | snapshot s | ratio | snapshot again s | embed s | RankMe spectrum s | "
+          "field spectra s")  # fmt: skip
     for epoch in range(1, args.rounds + 1):
         load = os.getloadavg()[0]
         epoch_s = seconds(lambda e=epoch: train_epoch(model, optimizer, [train], args.batch_size,
                                                       seed_epoch(0, e), e, steps))  # fmt: skip
+        model.eval()  # as train() leaves it: the valid evaluation runs between the epoch and the snapshot
         snapshot_s = seconds(lambda: collapse_snapshot(model, probe))
+        again_s = seconds(lambda: collapse_snapshot(model, probe))
         with torch.no_grad():
             start = time.perf_counter()
             E = torch.cat([model.embed(probe.ids[i : i + EVAL_BATCH]) for i in range(0, len(probe), EVAL_BATCH)])
             embed_s = time.perf_counter() - start
             rankme_s = seconds(lambda z=E.flatten(1): singular_values(z))
             field_s = seconds(lambda: field_singular_values(table, offsets))
-        print(f"{epoch} | {load:.1f} | {epoch_s:.2f} | {snapshot_s:.3f} | {snapshot_s / epoch_s:.1%} | "
+        print(f"{epoch} | {load:.1f} | {epoch_s:.2f} | {snapshot_s:.3f} | {snapshot_s / epoch_s:.1%} | {again_s:.3f} | "
               f"{embed_s:.3f} | {rankme_s:.3f} | {field_s:.3f}", flush=True)  # fmt: skip
 
 
