@@ -149,7 +149,9 @@ def train_command(
     import torch
 
     from dcollapse import checkpoint
+    from dcollapse.data.dataset import load_meta
     from dcollapse.distributed import from_env, world_size
+    from dcollapse.optim import update_hint
     from dcollapse.train import check_world, default_threads, train
 
     previous = None
@@ -178,6 +180,11 @@ def train_command(
         relaunch(ctx, nproc)
         return
     parallel = from_env(run_config["device"])  # one rank of a torchrun/--nproc run, or the only process
+    if parallel.is_main and nproc == 1 and world_size() == 1:
+        meta = load_meta(data_dir)
+        hint = update_hint(run_config, sum(int(f["vocab_size"]) for f in meta["fields"]), len(meta["fields"]))
+        if hint:
+            err.print(f"note: {hint}", markup=False, highlight=False, soft_wrap=True)
     run = {"resume": previous, "save_every_epoch": save_every_epoch, "parallel": parallel, "tensorboard": tensorboard}
     if not parallel.is_main:  # the other ranks train silently: rank 0 reports
         train(data_dir, run_config, out_path, **run)

@@ -196,3 +196,25 @@ def test_cli_flag_config_file_resume_and_sweep_carry_the_option(tiny, tmp_path):
 
     specs = sweep.plan({"fm": {"model": "fm", "sparse_emb": True}}, 1)
     assert specs[0].config["sparse_emb"] is True
+
+
+def test_fused_update_is_suggested_where_it_was_measured_to_pay():
+    config = {"batch_size": 100, "optimizer": "adam", "sparse_emb": False, "fused_update": False, "compile": False}
+    assert optim.update_hint(config, table_rows=799, fields=4) is None  # under 2x the 400 ids of a batch
+    assert optim.update_hint(config, table_rows=800, fields=4) is not None
+    hint = optim.update_hint(config, table_rows=4000, fields=4)
+    assert hint is not None and "10x the 400 ids" in hint and "lazy Adam" in hint
+    assert "the same rule" in optim.update_hint({**config, "optimizer": "sgd"}, 4000, 4)
+    for taken in ("fused_update", "sparse_emb", "compile"):
+        assert optim.update_hint({**config, taken: True}, 4000, 4) is None
+
+
+def test_train_prints_the_hint_for_a_large_table(tmp_path):
+    data = tmp_path / "wide"
+    write_dataset(data, [2000, 5, 4], {"train": 300, "valid": 100, "test": 100})
+    args = ["train", str(data), "--epochs", "1", "--batch-size", "64", "--emb-dim", "4", "--threads", "1"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "a.pt")])
+    assert result.exit_code == 0, result.output
+    assert "note: the tables have 2,009 rows, 10x the 192 ids a batch reads: --fused-update" in result.output
+    quiet = CliRunner().invoke(app, [*args, "--fused-update", "--out", str(tmp_path / "b.pt")])
+    assert quiet.exit_code == 0 and "note: the tables" not in quiet.output
