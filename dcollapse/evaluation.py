@@ -45,16 +45,19 @@ def scores(labels: np.ndarray, probs: np.ndarray, name: str = "valid") -> dict[s
 @torch.no_grad()
 def collapse_snapshot(model: CTRModel, batch: Split, track: Sequence[str] = ()) -> dict[str, Any]:
     """RankMe of Z = flat embeddings [B, F*d_total] of the fixed batch (ids [B, F], labels [B]), per-field
-    information abundance of each field's table [V_f, d_total] (its mean over fields as ``mean_ia``), and the extra
+    information abundance of each field's table [V_f, d_total] (its mean over the fields but the scalar ones as
+    ``mean_ia``), and the extra
     diagnostics named in ``track`` (see ``TRACKABLE``) on the same embeddings."""
     chunks = [model.embed(batch.ids[i : i + EVAL_BATCH]) for i in range(0, len(batch), EVAL_BATCH)]
     E = chunks[0] if len(chunks) == 1 else torch.cat(chunks)  # [B, F, d_total]; one chunk is not copied
     spectra = field_singular_values(model.embedding.table, model.embedding.offsets)  # [F, d_total]
     field_ia = [information_abundance(s) for s in spectra]
+    scalar = set(model.embedding.scalar)  # IA 1 by construction: left out of the mean when other fields exist
+    read = [ia for f, ia in enumerate(field_ia) if f not in scalar] or field_ia
     snapshot = {
         "rankme": rankme(singular_values(E.flatten(1))),
         "field_ia": field_ia,
-        "mean_ia": float(np.mean(field_ia)),
+        "mean_ia": float(np.mean(read)),
     }
     if "richness" in track:
         snapshot |= richness_snapshot(model, E, batch.labels)

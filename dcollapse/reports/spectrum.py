@@ -125,13 +125,14 @@ def field_summary(rows: list[dict[str, Any]], run: Run) -> dict[str, Any]:
     import numpy as np
 
     dims = {int(t.weight.shape[1]) for t in run.source.tables}
-    ias = np.array([r["ia"] for r in rows])
+    read = [r for r in rows if r["state"] != verdict.SCALAR] or rows  # scalar fields: IA 1 by construction
+    ias = np.array([r["ia"] for r in read])
     worst = int(ias.argmin())
     return {
         "dim": dims.pop() if len(dims) == 1 else None,
         "mean_ia": float(ias.mean()),
         "min_ia": float(ias[worst]),
-        "min_ia_field": rows[worst]["field"],
+        "min_ia_field": read[worst]["field"],
         "mean_rankme": float(np.mean([r["rankme"] for r in rows])),
     }
 
