@@ -15,7 +15,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from dcollapse import plots, sweep
-from dcollapse.data.dataset import field_offsets, load_meta, load_split
+from dcollapse.data.dataset import field_offsets, is_scalar, load_meta, load_split
 from dcollapse.metrics.spectrum import rankme, singular_values
 from dcollapse.models import build_model
 from dcollapse.reports import verdict
@@ -48,15 +48,22 @@ RECIPE_ROWS = (  # (what, config key, how a value reads)
 )  # fmt: skip
 
 
-def load_sweep(directory: Path, title: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]], str]:
+def load_sweep(
+    directory: Path, title: str, meta: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]], str]:
     """(summary, per-run results by run name, summary Markdown) of a finished sweep, summarised afresh from the
-    per-run result files in the grid order of its summary.json (plus the failures recorded there)."""
+    per-run result files in the grid order of its summary.json (plus the failures recorded there). The mean IA of
+    a dataset with scalar fields is taken over the other fields, as dcollapse now reports it (runs made before
+    that change averaged the scalar fields' IA of 1 in)."""
+    scalar = [f for f, field in enumerate(meta["fields"]) if is_scalar(field)]
     recorded = json.loads((directory / "summary.json").read_text())
     runs = {}
     for group in recorded["groups"]:  # the seeds kept in the means, then the runs left out of them
         names = [sweep.run_name(group["group"], seed) for seed in group["seeds"]]
         for name in names + [ex["name"] for ex in group.get("excluded", [])]:
             result = json.loads((directory / f"{name}.json").read_text())
+            if scalar and len(scalar) < len(result["field_ia"]):
+                result["mean_ia"] = float(np.mean([ia for f, ia in enumerate(result["field_ia"]) if f not in scalar]))
             runs[result["name"]] = result
     failed = [{**f, "status": "failed", "group": f["name"].rsplit("-s", 1)[0]} for f in recorded["failed"]]
     summary = sweep.summarize([*runs.values(), *failed])
@@ -212,7 +219,8 @@ def write_results(
     for dataset, grid, recipe, _ in sweeps:
         directory = root / work / f"{dataset}-{grid}-{recipe}"
         if (directory / "summary.json").is_file():
-            loaded[(dataset, grid, recipe)] = load_sweep(directory, f"{grid} grid, {recipe} recipe, {dataset}")
+            title = f"{grid} grid, {recipe} recipe, {dataset}"
+            loaded[(dataset, grid, recipe)] = load_sweep(directory, title, load_meta(root / work / "data" / dataset))
     datasets = [d for d in dict.fromkeys(d for d, _, _, _ in sweeps) if (root / work / "data" / d).is_dir()]
     metas = {d: load_meta(root / work / "data" / d) for d in datasets}
     done = timing.get("sweeps", {})
