@@ -158,7 +158,8 @@ def run_sweeps(datasets: list[str], timing: dict[str, Any], save: Callable[[], N
                 continue
             running.remove(item)
             timing["sweeps"][sweep_name(*sweep[:3])] = {
-                "wall_s": time.time() - began, "load_start": load, "load_end": load_average(),
+                "wall_s": time.time() - began, "started": began, "ended": time.time(),
+                "load_start": load, "load_end": load_average(),
                 "exit": process.returncode, "commit": commit(),
             }  # fmt: skip
             save()
@@ -194,8 +195,7 @@ def main() -> None:
         for chain in CHAINS for d, grid, recipe, seeds in chain
     ]  # fmt: skip
     machine = f"{os.cpu_count()}-core {platform.machine()} CPU, no GPU, torch {torch.__version__}"
-    chains = [[sweep_name(*sweep[:3]) for sweep in chain] for chain in CHAINS]
-    write_results(ROOT, WORK, DOCS, IMG, sweeps, timing, machine, chains)
+    write_results(ROOT, WORK, DOCS, IMG, sweeps, timing, machine)
 
 
 if __name__ == "__main__":
