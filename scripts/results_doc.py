@@ -285,7 +285,7 @@ def write_results(
         "",
         f"Both: embedding size {s['emb_dim']} (the paper's Criteo setting); {s['cross_layers']} full-rank cross"
         f" layers; DNN {'-'.join(map(str, s['dnn']))} (dropout {s['dropout']}, no norm) for both the parallel and"
-        " the stacked DNN: the paper's [400-500]x3 MLPs have ~0.5M weights against 7,000-38,000 training rows here,",
+        " the stacked DNN: the paper's [400-500]x3 MLPs have ~0.5M weights against 7,000-80,000 training rows here,",
         f"so the width is halved and the depth kept. Adam, lr {s['lr']:g}, batch {s['batch_size']} (the paper's"
         " 4096 would leave a 7,200-row training split 2 steps per epoch), at most"
         f" {s['epochs']} epochs with early stopping on validation AUC, patience {s['patience']}; the best epoch's"
