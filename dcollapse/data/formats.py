@@ -468,7 +468,7 @@ def criteo_native(path: Path) -> pl.LazyFrame:
     """Fast reader of a well-formed Criteo file: Polars' native multi-threaded CSV reader; the same columns (and line
     numbers) as :func:`read`. Categorical columns are read as String: the caller hashes the text, then casts it to
     ``pl.Categorical`` (reading them as ``pl.Categorical`` and casting back to String to hash made the whole parse
-    pass 1.3-1.5x slower at 1e6 rows).
+    pass 1.15-1.5x slower at 1e6 rows, two runs).
 
     It proves less than :func:`read`: a row with more than 40 fields or a field it cannot parse is an error, a bad
     label sets ``__bad``, but a short row reads as missing values and a CR stays in the last token. The caller
