@@ -261,6 +261,7 @@ def test_embeddings_and_field_tables_are_value_times_one_row(config):
 
 
 def test_textbook_first_order_term_is_weight_times_value():
+    """In the logit and in what the interactions analysis masks (its per-field first-order inputs)."""
     meta = scalar_meta([6, 0, 9], [1])
     model = build_model({"model": "fm", "style": "textbook", "emb_dim": 4}, meta).double()
     with torch.no_grad():
@@ -268,20 +269,9 @@ def test_textbook_first_order_term_is_weight_times_value():
     ids = random_ids(meta, 10, 1)
     w = model.first_order.detach().numpy()[:, 0]
     n = ids.numpy()
-    want = w[n[:, 0]] + values_of(n[:, 1]) * w[6] + w[6 + LEVELS + 3 + n[:, 2]]
-    np.testing.assert_allclose(model.first_order_logit(ids).detach().numpy(), want, rtol=1e-12)
-
-
-def test_interactions_read_the_first_order_term_of_a_scalar_field_as_weight_times_value():
-    meta = scalar_meta([6, 0, 9], [1])
-    model = build_model({"model": "fm", "style": "textbook", "emb_dim": 4}, meta).double()
-    with torch.no_grad():
-        model.first_order.normal_()
-    ids = random_ids(meta, 10, 2)
-    w, n = model.first_order.detach().numpy()[:, 0], ids.numpy()
-    first = field_inputs(model, ids).first_order.numpy()
-    np.testing.assert_allclose(first[:, 1], values_of(n[:, 1]) * w[6], rtol=1e-12)
-    np.testing.assert_allclose(first[:, 0], w[n[:, 0]], rtol=1e-12)
+    per_field = np.stack([w[n[:, 0]], values_of(n[:, 1]) * w[6], w[6 + LEVELS + 3 + n[:, 2]]], axis=1)
+    np.testing.assert_allclose(model.first_order_logit(ids).detach().numpy(), per_field.sum(1), rtol=1e-12)
+    np.testing.assert_allclose(field_inputs(model, ids).first_order.numpy(), per_field, rtol=1e-12)
 
 
 def fm_closed_form(table: np.ndarray, meta: dict, ids: np.ndarray, labels: np.ndarray):
