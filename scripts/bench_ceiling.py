@@ -38,14 +38,15 @@ caches and memory bandwidth).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
+from bench_train import criteo_shaped  # scripts/ is on sys.path when a script runs
 from torch import nn
 from torch.nn import functional
 
@@ -53,18 +54,19 @@ from dcollapse.config import full_config
 from dcollapse.models import CTRModel, build_model
 from dcollapse.models.interactions import CrossNet
 from dcollapse.optim import make_optimizer
+from dcollapse.train import train_step
 
 MODELS = {
     "DeepFM": {"model": "fm", "arch": "parallel", "dnn": [400, 400, 400]},
     "DCNv2": {"model": "crossnet", "arch": "stacked", "dnn": [400, 400, 400], "cross_layers": 3},
 }
 TABLE_VARIANTS = {"dense": {}, "sparse-emb": {"sparse_emb": True}, "fused-update": {"fused_update": True}}
-FIELDS, SMALL_FIELDS, SMALL_VOCAB = 39, 13, 60
+FIELDS = 39  # Criteo's: 13 numeric + 26 categorical
 
 
 def load() -> str:
     """The 1/5/15-minute load averages."""
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3]) if os.path.exists("/proc/loadavg") else "?"
+    return "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
 
 
 def gemm_shapes(model: CTRModel, mlp_only: bool = False) -> list[tuple[int, int]]:
@@ -119,21 +121,6 @@ def floor_step(model: CTRModel, batch: int) -> Callable[[], None]:
     return run
 
 
-def synthetic(total_rows: int, batch: int, seed: int = 0) -> tuple[dict, torch.Tensor, torch.Tensor]:
-    """meta, ids [16 * batch, 39], labels: 13 fields of 60 rows, the rest of ``total_rows`` over 26 fields."""
-    large = max(1, (total_rows - SMALL_FIELDS * SMALL_VOCAB) // (FIELDS - SMALL_FIELDS))
-    sizes = [SMALL_VOCAB] * SMALL_FIELDS + [large] * (FIELDS - SMALL_FIELDS)
-    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    meta = {"fields": [{"name": f"c{i}", "kind": "categorical", "vocab_size": int(v), "offset": int(o)}
-                       for i, (v, o) in enumerate(zip(sizes, offsets, strict=True))]}  # fmt: skip
-    rng = np.random.default_rng(seed)
-    rows = 16 * batch
-    # Zipf ids with the head spread over the field (a permutation), as hashed Criteo values are
-    ids = np.stack([rng.permutation(v)[np.minimum(rng.zipf(1.2, rows) - 1, v - 1)] for v in sizes], axis=1)
-    labels = (rng.random(rows) < 0.25).astype(np.float32)
-    return meta, torch.from_numpy(ids.astype(np.int32)), torch.from_numpy(labels)
-
-
 def training(spec: dict, meta: dict, **options) -> tuple[CTRModel, object]:
     config = full_config({**spec, "emb_dim": 16, "lr": 1e-3, "optimizer": "adam", "l2_emb": 0.0, **options})
     torch.manual_seed(0)
@@ -142,17 +129,12 @@ def training(spec: dict, meta: dict, **options) -> tuple[CTRModel, object]:
 
 
 def train_steps(model: CTRModel, optimizer, ids: torch.Tensor, labels: torch.Tensor, batch: int):
-    """A callable running ``dcollapse.train.train_step`` on the next batch of ``ids`` (cycling)."""
-    state = {"i": 0}
-    starts = range(0, len(ids) - batch + 1, batch)
+    """A callable running :func:`dcollapse.train.train_step` on the next batch of ``ids`` (cycling)."""
+    starts = itertools.cycle(range(0, len(ids) - batch + 1, batch))
 
     def run() -> None:
-        s = starts[state["i"] % len(starts)]
-        state["i"] += 1
-        optimizer.zero_grad(set_to_none=True)
-        loss = functional.binary_cross_entropy_with_logits(model(ids[s : s + batch]), labels[s : s + batch])
-        loss.backward()
-        optimizer.step()
+        s = next(starts)
+        train_step(model, optimizer, ids[s : s + batch], labels[s : s + batch])
 
     return run
 
@@ -215,7 +197,7 @@ def profile(run: Callable[[], None], steps: int) -> None:
 def ceiling_mode(args) -> list[dict]:
     results = []
     for batch in args.batch:
-        meta, ids, labels = synthetic(args.rows_per_field * (FIELDS - SMALL_FIELDS), batch)
+        meta, ids, labels = criteo_shaped(16 * batch, FIELDS, 0, table_rows=args.rows_per_field * 26)
         variants: dict[str, Callable[[], None]] = {}
         flops, mlp_flops = {}, {}
         for name in args.models:
@@ -259,7 +241,7 @@ def tables_mode(args) -> list[dict]:
     spec = {"model": "fm", "arch": "none"}
     results = []
     for total in args.total_rows:
-        meta, ids, labels = synthetic(int(total), args.batch[0])
+        meta, ids, labels = criteo_shaped(16 * args.batch[0], FIELDS, 0, table_rows=int(total))
         variants = {}
         for name, options in TABLE_VARIANTS.items():
             model, optimizer = training(spec, meta, **options)

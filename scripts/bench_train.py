@@ -152,16 +152,28 @@ def mlp_gflops(mlp: nn.Module, linears: list[nn.Linear], batch: int, repeats: in
     return flops / timed(run_mlp, repeats) / 1e9, flops / timed(run_matmuls, repeats) / 1e9
 
 
-def criteo_shaped(rows: int, fields: int, seed: int) -> tuple[dict, torch.Tensor, torch.Tensor]:
-    """meta, ids [rows, fields], labels for Criteo-like vocabularies (13 small binned numeric + 26 categorical)."""
+def criteo_shaped(
+    rows: int, fields: int, seed: int, table_rows: int | None = None
+) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """meta, ids [rows, fields], labels for Criteo-like vocabularies: 13 small binned numeric fields of 60 ids, then
+    categorical ones of 10 to 200,000 ids, Zipf(1.2) ids. With ``table_rows`` the categorical fields share the rest
+    of a table of that many rows equally, and each field's Zipf head is spread over it by a permutation, as hashed
+    Criteo values are (for sweeps over the table size)."""
     rng = np.random.default_rng(seed)
-    sizes = [60] * min(13, fields) + np.geomspace(10, 200_000, max(fields - 13, 0)).astype(int).tolist()
+    small, large = min(13, fields), max(fields - 13, 0)
+    if table_rows is None:
+        sizes = [60] * small + np.geomspace(10, 200_000, large).astype(int).tolist()
+    else:
+        sizes = [60] * small + [max(1, (table_rows - 60 * small) // max(large, 1))] * large
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).tolist()
     fields_meta = [
         {"name": f"c{i}", "kind": "categorical", "vocab_size": int(v), "offset": int(o)}
         for i, (v, o) in enumerate(zip(sizes, offsets, strict=True))
     ]
-    ids = np.stack([np.minimum(rng.zipf(1.2, rows) - 1, v - 1) for v in sizes], axis=1).astype(np.int32)
+    head = [np.minimum(rng.zipf(1.2, rows) - 1, v - 1) for v in sizes]
+    if table_rows is not None:
+        head = [rng.permutation(v)[h] for v, h in zip(sizes, head, strict=True)]
+    ids = np.stack(head, axis=1).astype(np.int32)
     labels = (rng.random(rows) < 0.25).astype(np.float32)
     return {"fields": fields_meta}, torch.from_numpy(ids), torch.from_numpy(labels)
 
