@@ -88,11 +88,14 @@ class FieldEmbedding(nn.Module):
         """Whether some field is embedded as one vector times its value."""
         return bool(self.scalar)
 
+    def vector_rows(self) -> list[int]:
+        """The table row of each scalar field's one vector (the field's first row), in :attr:`scalar` order."""
+        return [sum(self.vocab_sizes[:f]) for f in self.scalar]
+
     @torch.no_grad()
     def zero_unused_rows(self) -> None:
         """Set the rows that no id reads (a scalar field's rows after its first) to zero."""
-        for f in self.scalar:
-            start = sum(self.vocab_sizes[:f])
+        for f, start in zip(self.scalar, self.vector_rows(), strict=True):
             self.table[start + 1 : start + self.vocab_sizes[f]] = 0.0
 
     def update_for(self, table: torch.Tensor) -> RowOptimizer | None:

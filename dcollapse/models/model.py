@@ -72,8 +72,8 @@ def xavier_init(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, FieldEmbedding):
             std = math.sqrt(2.0 / (1 + module.emb_dim))
-            for f in module.scalar:
-                module.table[sum(module.vocab_sizes[:f])].normal_(std=std)
+            for row in module.vector_rows():
+                module.table[row].normal_(std=std)
         if isinstance(module, nn.Linear) or (isinstance(module, CrossLayer) and not module.rank):
             nn.init.xavier_normal_(module.weight)
             if module.bias is not None:
