@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from dcollapse import plots, sweep
-from dcollapse.data.dataset import field_offsets, is_scalar, load_meta, load_split
+from dcollapse.data.dataset import field_offsets, load_meta, load_split
 from dcollapse.metrics.spectrum import rankme, singular_values
 from dcollapse.models import build_model
 from dcollapse.reports import verdict
@@ -48,22 +49,15 @@ RECIPE_ROWS = (  # (what, config key, how a value reads)
 )  # fmt: skip
 
 
-def load_sweep(
-    directory: Path, title: str, meta: dict[str, Any]
-) -> tuple[dict[str, Any], dict[str, dict[str, Any]], str]:
+def load_sweep(directory: Path, title: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]], str]:
     """(summary, per-run results by run name, summary Markdown) of a finished sweep, summarised afresh from the
-    per-run result files in the grid order of its summary.json (plus the failures recorded there). The mean IA of
-    a dataset with scalar fields is taken over the other fields, as dcollapse now reports it (runs made before
-    that change averaged the scalar fields' IA of 1 in)."""
-    scalar = [f for f, field in enumerate(meta["fields"]) if is_scalar(field)]
+    per-run result files in the grid order of its summary.json (plus the failures recorded there)."""
     recorded = json.loads((directory / "summary.json").read_text())
     runs = {}
     for group in recorded["groups"]:  # the seeds kept in the means, then the runs left out of them
         names = [sweep.run_name(group["group"], seed) for seed in group["seeds"]]
         for name in names + [ex["name"] for ex in group.get("excluded", [])]:
             result = json.loads((directory / f"{name}.json").read_text())
-            if scalar and len(scalar) < len(result["field_ia"]):
-                result["mean_ia"] = float(np.mean([ia for f, ia in enumerate(result["field_ia"]) if f not in scalar]))
             runs[result["name"]] = result
     failed = [{**f, "status": "failed", "group": f["name"].rsplit("-s", 1)[0]} for f in recorded["failed"]]
     summary = sweep.summarize([*runs.values(), *failed])
@@ -223,15 +217,17 @@ def write_results(
     for dataset, grid, recipe, _ in sweeps:
         directory = root / work / f"{dataset}-{grid}-{recipe}"
         if (directory / "summary.json").is_file():
-            title = f"{grid} grid, {recipe} recipe, {dataset}"
-            loaded[(dataset, grid, recipe)] = load_sweep(directory, title, load_meta(root / work / "data" / dataset))
+            loaded[(dataset, grid, recipe)] = load_sweep(directory, f"{grid} grid, {recipe} recipe, {dataset}")
     datasets = [d for d in dict.fromkeys(d for d, _, _, _ in sweeps) if (root / work / "data" / d).is_dir()]
     metas = {d: load_meta(root / work / "data" / d) for d in datasets}
     done = timing.get("sweeps", {})
     distinct = {(d, r["config"]["recipe"], name): r for (d, _, _), (_, runs, _) in loaded.items()
                 for name, r in runs.items()}  # fmt: skip
     spans = [(done[name]["started"], done[name]["ended"]) for name in done]
-    wall = max(end for _, end in spans) - min(start for start, _ in spans) if spans else 0.0
+    wall, reached = 0.0, -math.inf  # the time in which some sweep ran (the union of their intervals)
+    for start, end in sorted(spans):
+        wall += max(0.0, end - max(start, reached))
+        reached = max(reached, end)
     at_once = max((sum(a <= t < b for a, b in spans) for t, _ in spans), default=0)
     loads = [v for name in done for v in (done[name]["load_start"], done[name]["load_end"])]
     commits = sorted({done[name]["commit"] for name in done})
@@ -250,7 +246,7 @@ def write_results(
         "",
         f"Machine: {machine}. {len(distinct)} training runs, {sum(r['seconds'] for r in distinct.values()) / 60:.0f}"
         f" min of run time summed over runs; the sweeps ran side by side (up to {at_once} at a time, one torch thread"
-        f" each), {minutes(wall)} of wall time from the first sweep's start to the last one's end, load average"
+        f" each), {minutes(wall)} of wall time in which some sweep ran, load average"
         f" {min(loads, default=0):.1f}-{max(loads, default=0):.1f} (the 2 cores were shared with other jobs, so"
         f" the per-run times include contention). Code at commit{'s' if len(commits) > 1 else ''}"
         f" {', '.join(commits) or 'unknown'}.",
